@@ -1,0 +1,54 @@
+"""The distributions a lab machine can run. Adding one is adding an entry here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kmodlab import LabError
+
+# What every image holds: boot, network, ssh, Python for Ansible and python3-apt
+# for its apt module, kmod for modprobe/lsmod.
+BASE_PACKAGES = (
+    "linux-image-amd64",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "openssh-server",
+    "python3",
+    "python3-apt",
+)
+
+
+@dataclass(frozen=True)
+class Distro:
+    """A Debian release: its lab name, apt suite and packages beyond BASE_PACKAGES."""
+
+    name: str
+    suite: str
+    version: str
+    extra_packages: tuple[str, ...] = ()
+
+    @property
+    def packages(self) -> tuple[str, ...]:
+        return BASE_PACKAGES + self.extra_packages
+
+
+DISTROS: dict[str, Distro] = {
+    d.name: d
+    for d in (
+        Distro(name="debian12", suite="bookworm", version="12"),
+        Distro(name="debian13", suite="trixie", version="13"),
+    )
+}
+
+DEFAULT_FLEET = ("debian12", "debian13")
+
+
+def get_distro(name: str) -> Distro:
+    """Look a distribution up by name; an unknown name lists the known ones."""
+    try:
+        return DISTROS[name]
+    except KeyError:
+        known = ", ".join(sorted(DISTROS))
+        raise LabError(f"unknown distribution {name!r}; known: {known}") from None
