@@ -30,7 +30,7 @@ from kmodlab.progress import say
 
 GUEST_FILES = Path(__file__).parent / "guest"
 DISK_SIZE = "4G"
-FORMAT_VERSION = "1"  # bump when the build steps below change
+FORMAT_VERSION = "2"  # bump when the build steps below change
 
 
 def cache_dir() -> Path:
@@ -202,6 +202,9 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
             raise LabError(f"mmdebstrap failed for {distro.name} (log {log}):\n{tail}")
         (root / "etc" / "resolv.conf").unlink(missing_ok=True)
         (root / "etc" / "resolv.conf").write_text("nameserver 10.0.2.3\n")
+        # mmdebstrap empties the package lists: date them so that apt (and Ansible's
+        # cache_valid_time) knows they are stale rather than fresh.
+        os.utime(root / "var" / "lib" / "apt" / "lists", (0, 0))
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if [k.name for k in kernels] != [f"vmlinuz-{kernel}"]:
             raise LabError(f"expected kernel {kernel} in the {distro.name} image, found {[k.name for k in kernels]}")
