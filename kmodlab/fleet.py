@@ -52,9 +52,27 @@ def known_hosts_lines(keys: dict[int, str]) -> str:
     return "".join(f"[127.0.0.1]:{port} {key}\n" for port, key in sorted(keys.items()))
 
 
+def ssh_options(known_hosts: Path) -> list[str]:
+    """ssh options for the lab's machines: its own known_hosts, checked; one shared connection per machine.
+
+    A new ssh connection costs seconds against an emulated machine, so each machine
+    gets a control socket (beside known_hosts, or in /tmp when that path is too long
+    for a socket).
+    """
+    control_dir = known_hosts.parent if len(str(known_hosts.parent)) < 60 else Path("/tmp")
+    return [
+        f"-o UserKnownHostsFile={known_hosts}",
+        "-o StrictHostKeyChecking=yes",
+        "-o IdentitiesOnly=yes",
+        "-o ControlMaster=auto",
+        "-o ControlPersist=120s",
+        f"-o ControlPath={control_dir}/kmodlab-ssh-%C",
+    ]
+
+
 def inventory_data(hosts: list[dict], key: Path, known_hosts: Path) -> dict:
     """The Ansible inventory of a lab: group `lab`, one host a machine, with how to reach it."""
-    ssh_args = f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+    ssh_args = " ".join(ssh_options(known_hosts))
     return {
         "all": {
             "children": {

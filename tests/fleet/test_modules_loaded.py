@@ -1,0 +1,35 @@
+"""Both modules are built for the running kernel, installed, loaded and at the deployed version."""
+
+from __future__ import annotations
+
+import pytest
+from fleet_helpers import MODULES, module_version
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_is_in_lsmod(host, name):
+    """lsmod lists the module."""
+    names = [line.split()[0] for line in host.check_output("lsmod").splitlines()[1:]]
+    assert name in names
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_installed_module_is_the_loaded_one(host, name):
+    """The .ko under updates/ of the running kernel is the one loaded (same srcversion)."""
+    release = host.check_output("uname -r")
+    installed = f"/lib/modules/{release}/updates/{name}.ko"
+    assert host.file(installed).is_file
+    assert host.check_output(f"modinfo -F srcversion {installed}") == host.file(f"/sys/module/{name}/srcversion").content_string.strip()
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_loaded_version_is_the_source_version(host, name):
+    """/sys/module/NAME/version is the MODULE_VERSION in module_src."""
+    assert host.file(f"/sys/module/{name}/version").content_string.strip() == module_version(name)
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modprobe_finds_the_module(host, name):
+    """depmod ran: modprobe resolves the module to the installed file."""
+    release = host.check_output("uname -r")
+    assert host.check_output(f"modinfo -n {name}") == f"/lib/modules/{release}/updates/{name}.ko"

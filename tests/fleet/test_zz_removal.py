@@ -1,0 +1,102 @@
+"""After remove.yml: nothing of either module or of Part I is left, and the kernel logged no warning.
+
+Runs only with --removal (it takes the modules off the hosts); molecule's verify step passes it.
+The file name sorts last so that the deployed-state tests run first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import testinfra
+from fleet_helpers import MODULES, REPO, warnings_in_dmesg
+
+pytestmark = pytest.mark.removal
+
+
+def run_remove(request, limit: str) -> str:
+    """Run remove.yml from the repository on the hosts the tests run against; return its output."""
+    inventory = request.config.getoption("ansible_inventory")
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "remove.yml", "--limit", limit]
+    if inventory:
+        command += ["-i", str(inventory)]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def recap_changed(output: str, hostname: str) -> int:
+    match = re.search(rf"^{re.escape(hostname)}\s+:.*\bchanged=(\d+).*\bfailed=0\b", output, re.MULTILINE)
+    assert match, output
+    return int(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def removal(request):
+    """remove.yml run twice on all hosts under test, with each host's kernel warnings from before."""
+    option = request.config.option
+    hosts = testinfra.get_hosts(
+        (option.hosts or "ansible://all").split(","),
+        connection=option.connection,
+        ssh_config=option.ssh_config,
+        ssh_identity_file=option.ssh_identity_file,
+        sudo=option.sudo,
+        sudo_user=option.sudo_user,
+        ansible_inventory=option.ansible_inventory,
+        force_ansible=option.force_ansible,
+    )
+    warnings_before = {h.backend.get_hostname(): warnings_in_dmesg(h) for h in hosts}
+    limit = ",".join(warnings_before)
+    return {"warnings_before": warnings_before, "first": run_remove(request, limit), "second": run_remove(request, limit)}
+
+
+@pytest.fixture
+def removed(removal, host):
+    """This host's part of the removal runs."""
+    return dict(removal, name=host.backend.get_hostname(), warnings_before=removal["warnings_before"][host.backend.get_hostname()])
+
+
+def test_removal_changed_something_then_nothing(removed):
+    """remove.yml changes the host once; a second run reports changed=0."""
+    assert recap_changed(removed["first"], removed["name"]) > 0
+    assert recap_changed(removed["second"], removed["name"]) == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_is_not_loaded(host, removed, name):
+    """Neither lsmod nor /sys/module knows the module."""
+    names = [line.split()[0] for line in host.check_output("lsmod").splitlines()[1:]]
+    assert name not in names
+    assert not host.file(f"/sys/module/{name}").exists
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_proc_entry_is_gone(host, removed, name):
+    """The module's /proc entry no longer exists."""
+    assert not host.file(MODULES[name]).exists
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_installed_files_are_gone(host, removed, name):
+    """No .ko under updates/, no sources, and modprobe no longer finds the module."""
+    release = host.check_output("uname -r")
+    assert not host.file(f"/lib/modules/{release}/updates/{name}.ko").exists
+    assert not host.file(f"/usr/local/src/kmodlab/{name}").exists
+    assert host.run(f"modinfo {name}").rc != 0
+
+
+def test_part1_files_are_gone(host, removed):
+    """The Part I programs and traces are gone."""
+    assert not host.file("/var/lib/kmodlab/syscalls").exists
+
+
+def test_kernel_logged_no_warning_during_removal(host, removed):
+    """dmesg has no new line of level warning or worse."""
+    after = warnings_in_dmesg(host)
+    assert after - removed["warnings_before"] == set()
