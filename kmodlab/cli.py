@@ -17,7 +17,9 @@ from kmodlab.mirror import find_mirror
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m kmodlab", description="A local fleet of Debian VMs under QEMU.")
-    p.add_argument("--lab", default="default", help="lab name; each lab has its own machines and key (default: default)")
+    p.add_argument(
+        "--lab", default="default", help="lab name; each lab has its own machines and key (default: default)"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="build images if needed, boot the machines, write the inventory")
@@ -34,12 +36,15 @@ def parser() -> argparse.ArgumentParser:
         default=os.environ.get("KMODLAB_ACCEL", "auto"),
         help="auto uses KVM only when a probe boot works (default: auto, or $KMODLAB_ACCEL)",
     )
-    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for ssh on all machines (default: 600)")
+    up.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for ssh on all machines (default: 600)"
+    )
     up.add_argument("--cpus", type=int, default=2, help="virtual CPUs per machine (default: 2)")
     up.add_argument("--memory", type=int, default=1536, help="memory per machine in MiB (default: 1536)")
     up.add_argument(
         "--inventory",
-        help="where to write the Ansible inventory, or none (default: inventory/lab.yml for the default lab, none otherwise)",
+        help="where to write the Ansible inventory, or none "
+        "(default: inventory/lab.yml for the default lab, none otherwise)",
     )
     up.add_argument("--json", action="store_true", help="print the machines' connection details as JSON")
 
@@ -90,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         if vm is None:
             raise LabError(f"no running machine {args.name!r} in lab {lab.name}: see `python -m kmodlab status`")
         command = lab.ssh_command(vm, *args.remote)
-        os.execvp(command[0], command)
+        os.execvp(command[0], command)  # noqa: S606 (replace this process by ssh)
     if args.command == "image":
         mirror = find_mirror()
         for name in args.distros:

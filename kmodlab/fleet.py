@@ -111,7 +111,9 @@ def probe_accel(image: Image, cache: Path, timeout: float = 90.0) -> bool:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     overlay = work / "overlay.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(overlay)], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(overlay)], check=True
+    )
     command = [
         QEMU, "-accel", "kvm", "-cpu", "host", "-m", "1024", "-nodefaults", "-display", "none", "-no-reboot",
         "-kernel", str(image.kernel), "-initrd", str(image.initrd),

@@ -211,12 +211,30 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
         shutil.copy(kernels[0], work / "vmlinuz")
         shutil.copy(root / "boot" / f"initrd.img-{kernel}", work / "initrd.img")
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-L", "kmodlab-root", "-d", str(root), str(work / "disk.raw"), DISK_SIZE],
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-E",
+                "root_owner=0:0",
+                "-L",
+                "kmodlab-root",
+                "-d",
+                str(root),
+                str(work / "disk.raw"),
+                DISK_SIZE,
+            ],
             check=True,
         )
         shutil.rmtree(root)
         seconds = round(time.monotonic() - started, 1)
-        meta = {"distro": distro.name, "suite": distro.suite, "kernel": kernel, "built": time.time(), "seconds": seconds}
+        meta = {
+            "distro": distro.name,
+            "suite": distro.suite,
+            "kernel": kernel,
+            "built": time.time(),
+            "seconds": seconds,
+        }
         (work / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
         shutil.rmtree(dest, ignore_errors=True)
         work.rename(dest)

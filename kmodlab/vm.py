@@ -64,7 +64,9 @@ def qemu_command(config: VmConfig, image: Image, vm_dir: Path, public_key: str) 
             f"kmodlab.authkey={authkey}",
         ]
     )
-    accel = ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    accel = (
+        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    )
     return [
         QEMU,
         "-name", config.name,

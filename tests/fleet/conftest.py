@@ -9,7 +9,6 @@ remove.yml on those hosts and checks that nothing is left (molecule does this).
 from __future__ import annotations
 
 
-
 def pytest_addoption(parser):
     parser.addoption("--removal", action="store_true", help="also run remove.yml and check that nothing is left")
 

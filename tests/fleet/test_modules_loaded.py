@@ -19,7 +19,10 @@ def test_installed_module_is_the_loaded_one(host, name):
     release = host.check_output("uname -r")
     installed = f"/lib/modules/{release}/updates/{name}.ko"
     assert host.file(installed).is_file
-    assert host.check_output(f"modinfo -F srcversion {installed}") == host.file(f"/sys/module/{name}/srcversion").content_string.strip()
+    assert (
+        host.check_output(f"modinfo -F srcversion {installed}")
+        == host.file(f"/sys/module/{name}/srcversion").content_string.strip()
+    )
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

@@ -58,7 +58,9 @@ def test_second_read_reports_time_since_first(host):
 
 def test_elapsed_is_measured_from_the_previous_read(host):
     """Read, sleep 1, read, sleep 2, read: the third read reports about 2 s, not 3."""
-    outputs = reads(host, f"cat /proc/timer; echo {SEP}; sleep 1; cat /proc/timer; echo {SEP}; sleep 2; cat /proc/timer")
+    outputs = reads(
+        host, f"cat /proc/timer; echo {SEP}; sleep 1; cat /proc/timer; echo {SEP}; sleep 2; cat /proc/timer"
+    )
     now2, _ = parse(outputs[1])
     now3, elapsed3 = parse(outputs[2])
     assert elapsed3 == now3 - now2

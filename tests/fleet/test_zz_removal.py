@@ -53,13 +53,21 @@ def removal(request):
     )
     warnings_before = {h.backend.get_hostname(): warnings_in_dmesg(h) for h in hosts}
     limit = ",".join(warnings_before)
-    return {"warnings_before": warnings_before, "first": run_remove(request, limit), "second": run_remove(request, limit)}
+    return {
+        "warnings_before": warnings_before,
+        "first": run_remove(request, limit),
+        "second": run_remove(request, limit),
+    }
 
 
 @pytest.fixture
 def removed(removal, host):
     """This host's part of the removal runs."""
-    return dict(removal, name=host.backend.get_hostname(), warnings_before=removal["warnings_before"][host.backend.get_hostname()])
+    return dict(
+        removal,
+        name=host.backend.get_hostname(),
+        warnings_before=removal["warnings_before"][host.backend.get_hostname()],
+    )
 
 
 def test_removal_changed_something_then_nothing(removed):

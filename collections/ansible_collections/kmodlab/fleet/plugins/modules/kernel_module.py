@@ -196,9 +196,11 @@ class KernelModule:
 
     def unload(self):
         refcnt = read("/sys/module/%s/refcnt" % self.name, "0")
-        holders = sorted(os.listdir("/sys/module/%s/holders" % self.name)) if os.path.isdir(
-            "/sys/module/%s/holders" % self.name
-        ) else []
+        holders = (
+            sorted(os.listdir("/sys/module/%s/holders" % self.name))
+            if os.path.isdir("/sys/module/%s/holders" % self.name)
+            else []
+        )
         if refcnt not in ("", "0") or holders:
             self.fail(
                 "in use (refcnt %s, used by: %s); stop its users and run again. Nothing was removed."

@@ -109,8 +109,9 @@ def main():
         added = re.search(r"^added: (.*)$", proc.stdout, re.MULTILINE)
         result["added"] = added.group(1).split() if added else []
     if proc.returncode != 0:
-        module.fail_json(msg="Part I check failed: part1 must make exactly %d more system calls than empty" % expected,
-                         **result)
+        module.fail_json(
+            msg="Part I check failed: part1 must make exactly %d more system calls than empty" % expected, **result
+        )
     module.exit_json(**result)
 
 

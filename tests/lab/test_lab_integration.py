@@ -1,0 +1,117 @@
+"""The lab for real: boot one machine of each distribution, reach them through the inventory, take them down.
+
+Slow (builds the images on first use, boots QEMU machines); each test uses a lab
+of its own under a temporary KMODLAB_HOME, so it does not touch a running lab.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kmodlab.fleet import FIRST_PORT
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = [sys.executable, "-m", "kmodlab"]
+
+
+def qemu_processes(lab_home: Path) -> list[int]:
+    """PIDs of QEMU processes whose command line mentions this lab's directory."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and str(lab_home).encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.fixture
+def lab_env(tmp_path):
+    env = dict(os.environ, KMODLAB_HOME=str(tmp_path / "labs"))
+    yield env
+    subprocess.run([*LAB, "--lab", "itest", "down"], env=env, cwd=REPO, check=False)
+    assert qemu_processes(tmp_path / "labs") == []
+
+
+@pytest.fixture(scope="session")
+def images_built():
+    """Both base images exist in the cache (built now if not)."""
+    subprocess.run([*LAB, "image", "debian12", "debian13"], cwd=REPO, check=True)
+
+
+def test_fleet_comes_up_answers_ansible_and_goes_down(images_built, lab_env, tmp_path):
+    """up boots debian12 and debian13 (a taken port is passed over), ansible runs uname -r on both, down ends QEMU."""
+    inventory = tmp_path / "lab.yml"
+    with socket.socket() as blocker:
+        try:
+            blocker.bind(("127.0.0.1", FIRST_PORT))
+            blocker.listen()
+        except OSError:
+            pass  # taken by someone else already: the lab must pass over it all the same
+        up = subprocess.run(
+            [*LAB, "--lab", "itest", "up", "--vm", "debian12", "--vm", "debian13", "--inventory", str(inventory)],
+            env=lab_env, cwd=REPO, capture_output=True, text=True,
+        )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    print(up.stderr)
+    text = inventory.read_text()
+    assert f"ansible_port: {FIRST_PORT}\n" not in text
+    status = subprocess.run([*LAB, "--lab", "itest", "status", "--json"], env=lab_env, cwd=REPO, capture_output=True)
+    import json
+
+    machines = {m["instance"]: m for m in json.loads(status.stdout)}
+    assert set(machines) == {"debian12", "debian13"}
+
+    ansible = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.command",
+         "-a", "uname -r"],
+        env=lab_env, cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert ansible.returncode == 0, ansible.stdout + ansible.stderr
+    for name, machine in machines.items():
+        assert f"{name} | CHANGED | rc=0 >>\n{machine['kernel']}" in ansible.stdout
+
+    down = subprocess.run([*LAB, "--lab", "itest", "down"], env=lab_env, cwd=REPO, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert qemu_processes(Path(lab_env["KMODLAB_HOME"])) == []
+    assert not inventory.exists()
+
+
+def test_interrupting_up_leaves_no_qemu_behind(images_built, lab_env):
+    """SIGINT while up waits for ssh: exit 130 and the machine's QEMU is gone."""
+    proc = subprocess.Popen(
+        [*LAB, "--lab", "itest", "up", "--vm", "debian12", "--inventory", "none"],
+        env=lab_env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if "waiting for ssh" in line:
+            break
+    assert qemu_processes(Path(lab_env["KMODLAB_HOME"])), "QEMU should be running while up waits"
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert qemu_processes(Path(lab_env["KMODLAB_HOME"])) == []
+
+
+def test_machine_not_reaching_ssh_in_time_is_stopped_with_its_log(images_built, lab_env):
+    """A 2 s ssh deadline fails with the serial log's last lines, and QEMU is ended."""
+    started = time.monotonic()
+    up = subprocess.run(
+        [*LAB, "--lab", "itest", "up", "--vm", "debian12", "--inventory", "none", "--timeout", "2"],
+        env=lab_env, cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert up.returncode == 1
+    assert "did not answer on ssh in time" in up.stderr
+    assert "console.log" in up.stderr
+    assert time.monotonic() - started < 60
+    assert qemu_processes(Path(lab_env["KMODLAB_HOME"])) == []
