@@ -30,7 +30,7 @@ from kmodlab.progress import say
 
 GUEST_FILES = Path(__file__).parent / "guest"
 DISK_SIZE = "4G"
-FORMAT_VERSION = "2"  # bump when the build steps below change
+FORMAT_VERSION = "3"  # bump when the build steps below change
 
 
 def cache_dir() -> Path:
@@ -185,6 +185,8 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
     command = [
         "mmdebstrap",
         "--variant=minbase",
+        # Keep the package lists, so that apt (and Ansible's --check) can resolve packages at once.
+        "--skip=cleanup/apt/lists",
         "--include=" + ",".join(distro.packages),
         f"--customize-hook=sync-in {GUEST_FILES} /",
         '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
@@ -202,8 +204,7 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
             raise LabError(f"mmdebstrap failed for {distro.name} (log {log}):\n{tail}")
         (root / "etc" / "resolv.conf").unlink(missing_ok=True)
         (root / "etc" / "resolv.conf").write_text("nameserver 10.0.2.3\n")
-        # mmdebstrap empties the package lists: date them so that apt (and Ansible's
-        # cache_valid_time) knows they are stale rather than fresh.
+        # Date the package lists as old, so that the first cache_valid_time check updates them.
         os.utime(root / "var" / "lib" / "apt" / "lists", (0, 0))
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if [k.name for k in kernels] != [f"vmlinuz-{kernel}"]:
