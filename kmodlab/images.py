@@ -147,6 +147,30 @@ def newest_cached(distro: Distro, cache: Path) -> Image | None:
     return max(images, key=lambda image: image.meta["built"], default=None)
 
 
+def images_in_use(proc: Path = Path("/proc")) -> set[Path]:
+    """Image directories that a running QEMU boots from (its -kernel lies in one)."""
+    used = set()
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for flag, value in zip(args, args[1:], strict=False):
+            if flag == b"-kernel":
+                used.add(Path(value.decode(errors="replace")).parent)
+    return used
+
+
+def prune_images(distro: Distro, keep: Image, cache: Path, in_use: set[Path]) -> list[Path]:
+    """Remove the other cached images of DISTRO that no running machine uses; return what was removed."""
+    removed = []
+    for path in sorted((cache / "images").glob(f"{distro.name}-*")):
+        if path != keep.path and path not in in_use and path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
 def require_tool(tool: str, package: str) -> None:
     """Fail with the package to install when a command is missing."""
     if shutil.which(tool) is None:
@@ -168,6 +192,8 @@ def ensure_image(distro: Distro, mirror: str, cache: Path | None = None) -> Imag
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (image.path / "image.json").is_file():
             build_image(distro, mirror, kernel, image.path)
+            for old in prune_images(distro, image, cache, images_in_use()):
+                say(f"removed the outdated image {old}")
     return image
 
 

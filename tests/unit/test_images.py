@@ -91,3 +91,20 @@ def test_unreachable_mirror_uses_the_newest_cached_image(tmp_path, monkeypatch):
     assert images.ensure_image(get_distro("debian12"), "http://m", tmp_path).path.name == "debian12-new"
     with pytest.raises(LabError, match="no cached"):
         images.ensure_image(get_distro("debian12"), "http://m", tmp_path / "empty")
+
+
+def test_prune_keeps_the_new_image_and_those_in_use(tmp_path):
+    """Outdated images of the distribution go, unless a running machine boots from one; others stay."""
+    root = tmp_path / "images"
+    for name in ("debian12-new", "debian12-old", "debian12-running", "debian13-x"):
+        (root / name).mkdir(parents=True)
+    proc = tmp_path / "proc"
+    (proc / "42").mkdir(parents=True)
+    (proc / "42" / "cmdline").write_bytes(
+        b"qemu\0-kernel\0" + str(root / "debian12-running" / "vmlinuz").encode() + b"\0"
+    )
+    removed = images.prune_images(
+        get_distro("debian12"), images.Image(root / "debian12-new"), tmp_path, images.images_in_use(proc)
+    )
+    assert removed == [root / "debian12-old"]
+    assert sorted(p.name for p in root.iterdir()) == ["debian12-new", "debian12-running", "debian13-x"]
