@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,3 +21,37 @@ def module_version(name: str) -> str:
 def warnings_in_dmesg(host) -> set[str]:
     """Kernel log lines of level warning or worse."""
     return set(host.check_output("dmesg --level=emerg,alert,crit,err,warn").splitlines())
+
+
+def hosts_under_test(request) -> list:
+    """testinfra hosts for every host the tests run against (as the host fixture makes them)."""
+    import testinfra
+
+    option = request.config.option
+    return testinfra.get_hosts(
+        (option.hosts or "ansible://all").split(","),
+        connection=option.connection,
+        ssh_config=option.ssh_config,
+        ssh_identity_file=option.ssh_identity_file,
+        sudo=option.sudo,
+        sudo_user=option.sudo_user,
+        ansible_inventory=option.ansible_inventory,
+        force_ansible=option.force_ansible,
+    )
+
+
+def run_playbook(request, playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a playbook of this repository against the inventory the tests use."""
+    inventory = request.config.getoption("ansible_inventory")
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), playbook, *args]
+    if inventory:
+        command += ["-i", str(inventory)]
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def recap(output: str, hostname: str) -> dict[str, int]:
+    """The PLAY RECAP counters of one host."""
+    match = re.search(rf"^{re.escape(hostname)}\s+:(.*)$", output, re.MULTILINE)
+    assert match, output
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}

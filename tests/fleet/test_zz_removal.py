@@ -6,51 +6,23 @@ The file name sorts last so that the deployed-state tests run first.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import testinfra
-from fleet_helpers import MODULES, REPO, warnings_in_dmesg
+from fleet_helpers import MODULES, hosts_under_test, recap, run_playbook, warnings_in_dmesg
 
 pytestmark = pytest.mark.removal
 
 
 def run_remove(request, limit: str) -> str:
-    """Run remove.yml from the repository on the hosts the tests run against; return its output."""
-    inventory = request.config.getoption("ansible_inventory")
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "remove.yml", "--limit", limit]
-    if inventory:
-        command += ["-i", str(inventory)]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    """Run remove.yml on the hosts under test; return its output."""
+    result = run_playbook(request, "remove.yml", "--limit", limit)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
-
-
-def recap_changed(output: str, hostname: str) -> int:
-    match = re.search(rf"^{re.escape(hostname)}\s+:.*\bchanged=(\d+).*\bfailed=0\b", output, re.MULTILINE)
-    assert match, output
-    return int(match.group(1))
 
 
 @pytest.fixture(scope="session")
 def removal(request):
     """remove.yml run twice on all hosts under test, with each host's kernel warnings from before."""
-    option = request.config.option
-    hosts = testinfra.get_hosts(
-        (option.hosts or "ansible://all").split(","),
-        connection=option.connection,
-        ssh_config=option.ssh_config,
-        ssh_identity_file=option.ssh_identity_file,
-        sudo=option.sudo,
-        sudo_user=option.sudo_user,
-        ansible_inventory=option.ansible_inventory,
-        force_ansible=option.force_ansible,
-    )
+    hosts = hosts_under_test(request)
     warnings_before = {h.backend.get_hostname(): warnings_in_dmesg(h) for h in hosts}
     limit = ",".join(warnings_before)
     return {
@@ -72,8 +44,10 @@ def removed(removal, host):
 
 def test_removal_changed_something_then_nothing(removed):
     """remove.yml changes the host once; a second run reports changed=0."""
-    assert recap_changed(removed["first"], removed["name"]) > 0
-    assert recap_changed(removed["second"], removed["name"]) == 0
+    first, second = recap(removed["first"], removed["name"]), recap(removed["second"], removed["name"])
+    assert first["failed"] == second["failed"] == 0
+    assert first["changed"] > 0
+    assert second["changed"] == 0
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
