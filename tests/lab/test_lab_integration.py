@@ -6,6 +6,7 @@ of its own under a temporary KMODLAB_HOME, so it does not touch a running lab.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -67,8 +68,6 @@ def test_fleet_comes_up_answers_ansible_and_goes_down(images_built, lab_env, tmp
     text = inventory.read_text()
     assert f"ansible_port: {FIRST_PORT}\n" not in text
     status = subprocess.run([*LAB, "--lab", "itest", "status", "--json"], env=lab_env, cwd=REPO, capture_output=True)
-    import json
-
     machines = {m["instance"]: m for m in json.loads(status.stdout)}
     assert set(machines) == {"debian12", "debian13"}
 
