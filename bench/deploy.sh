@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-inventory=$(mktemp --suffix=.yml)
-trap 'python -m kmodlab --lab bench down; rm -f "$inventory"' EXIT
+workdir=$(mktemp -d)
+inventory=$workdir/bench.yml # a new path: up writes only files of its own
+trap 'python -m kmodlab --lab bench down; rm -rf "$workdir"' EXIT
 
 timed() {
 	local label=$1 start=$SECONDS

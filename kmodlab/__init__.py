@@ -1,10 +1,30 @@
 """kmodlab: a local fleet of real Debian virtual machines for testing kernel modules.
 
-One module per job: distros (what can be built), mirror (where packages come
-from), images (base disks, cached), vm (one machine's life), fleet (a lab of
-machines, its ssh key, known_hosts and Ansible inventory), cli (the command line).
+One module per job:
+
+- distros: what can be built (data).
+- mirror: where packages come from, and the kernel the mirror offers now.
+- images: base disks, built with mmdebstrap and cached.
+- vm: one machine's life (overlay, QEMU command line and process, stop), and the KVM probe.
+- ssh: the lab's ssh key, known_hosts, its one ssh client config and the Ansible inventory.
+- lab: a lab's lifecycle (up, down, its machines).
+- signals: SIGTERM and SIGHUP act like Ctrl-C; clean-up is not cut short.
+- progress: timed progress lines.
+- cli: the command line.
+
+This file: the error the user can act on, and the check for a missing tool.
 """
+
+from __future__ import annotations
+
+import shutil
 
 
 class LabError(Exception):
     """An error the user can act on; the CLI prints it without a traceback."""
+
+
+def require_tool(tool: str, package: str) -> None:
+    """Fail with the package to install when a command is missing."""
+    if shutil.which(tool) is None:
+        raise LabError(f"{tool} not found: install the {package} package (scripts/setup.sh does)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,9 +11,17 @@ from pathlib import Path
 
 from kmodlab import LabError
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
-from kmodlab.fleet import DEFAULT_INVENTORY, Lab, VmSpec
 from kmodlab.images import cache_dir, ensure_image
+from kmodlab.lab import DEFAULT_INVENTORY, DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.mirror import find_mirror
+from kmodlab.signals import interrupts_raise
+from kmodlab.vm import ACCELS, DEFAULT_ACCEL, DEFAULT_CPUS, DEFAULT_MEMORY_MIB
+
+# What an interrupted command says it left behind (exit 130).
+INTERRUPTED = {
+    "up": "machines started by this command were stopped",
+    "image": "no half-built image was kept",
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -32,23 +41,33 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--accel",
-        choices=["auto", "kvm", "tcg"],
-        default=os.environ.get("KMODLAB_ACCEL", "auto"),
-        help="auto uses KVM only when a probe boot works (default: auto, or $KMODLAB_ACCEL)",
+        choices=ACCELS,
+        default=os.environ.get("KMODLAB_ACCEL", DEFAULT_ACCEL),
+        help=f"{DEFAULT_ACCEL} uses KVM only when a probe boot works (default: {DEFAULT_ACCEL}, or $KMODLAB_ACCEL)",
     )
     up.add_argument(
-        "--timeout", type=float, default=600.0, help="seconds to wait for ssh on all machines (default: 600)"
+        "--timeout",
+        type=float,
+        default=DEFAULT_SSH_TIMEOUT,
+        help=f"seconds to wait for ssh on all machines (default: {DEFAULT_SSH_TIMEOUT:g})",
     )
-    up.add_argument("--cpus", type=int, default=2, help="virtual CPUs per machine (default: 2)")
-    up.add_argument("--memory", type=int, default=1536, help="memory per machine in MiB (default: 1536)")
+    up.add_argument(
+        "--cpus", type=int, default=DEFAULT_CPUS, help=f"virtual CPUs per machine (default: {DEFAULT_CPUS})"
+    )
+    up.add_argument(
+        "--memory",
+        type=int,
+        default=DEFAULT_MEMORY_MIB,
+        help=f"memory per machine in MiB (default: {DEFAULT_MEMORY_MIB})",
+    )
     up.add_argument(
         "--inventory",
-        help="where to write the Ansible inventory, or none "
+        help="where to write the Ansible inventory, or none; never over a file kmodlab did not write "
         "(default: inventory/lab.yml for the default lab, none otherwise)",
     )
     up.add_argument("--json", action="store_true", help="print the machines' connection details as JSON")
 
-    sub.add_parser("down", help="stop every machine of the lab and remove its disks and inventory")
+    sub.add_parser("down", help="stop every machine of the lab and remove the files it wrote (disks, inventory)")
     status = sub.add_parser("status", help="list the lab's machines")
     status.add_argument("--json", action="store_true", help="print the machines' connection details as JSON")
 
@@ -94,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         vm = next((v for v in lab.vms() if v.name == args.name and v.running()), None)
         if vm is None:
             raise LabError(f"no running machine {args.name!r} in lab {lab.name}: see `python -m kmodlab status`")
+        if not lab.ssh_config.is_file():  # a lab brought up before kmodlab wrote one
+            lab.write_ssh_config()
         command = lab.ssh_command(vm, *args.remote)
         os.execvp(command[0], command)  # noqa: S606 (replace this process by ssh)
     if args.command == "image":
@@ -108,10 +129,19 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in INTERRUPTED:
+            with interrupts_raise():  # SIGTERM and SIGHUP clean up as Ctrl-C does
+                return run(args)
         return run(args)
     except LabError as err:
-        print(f"kmodlab: error: {err}", file=sys.stderr)
+        _tell(f"kmodlab: error: {err}")
         return 1
     except KeyboardInterrupt:
-        print("kmodlab: interrupted; machines started by this command were stopped", file=sys.stderr)
+        left = INTERRUPTED.get(args.command)
+        _tell(f"kmodlab: interrupted{'; ' + left if left else ''}")
         return 130
+
+
+def _tell(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # the terminal may be gone (SIGHUP)
+        print(message, file=sys.stderr)

@@ -26,7 +26,6 @@ class Distro:
 
     name: str
     suite: str
-    version: str
     extra_packages: tuple[str, ...] = ()
 
     @property
@@ -37,8 +36,8 @@ class Distro:
 DISTROS: dict[str, Distro] = {
     d.name: d
     for d in (
-        Distro(name="debian12", suite="bookworm", version="12"),
-        Distro(name="debian13", suite="trixie", version="13"),
+        Distro(name="debian12", suite="bookworm"),
+        Distro(name="debian13", suite="trixie"),
     )
 }
 

@@ -10,27 +10,29 @@ modules).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
-import lzma
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from kmodlab import LabError
+from kmodlab import LabError, require_tool
 from kmodlab.distros import Distro
+from kmodlab.mirror import mirror_kernel
 from kmodlab.progress import say
+from kmodlab.signals import interrupts_held
 
 GUEST_FILES = Path(__file__).parent / "guest"
 DISK_SIZE = "4G"
 FORMAT_VERSION = "3"  # bump when the build steps below change
+STOP_GRACE = 30.0  # seconds mmdebstrap gets to clean up after SIGTERM, before SIGKILL
 
 
 def cache_dir() -> Path:
@@ -90,58 +92,6 @@ def image_key(distro: Distro, kernel: str, guest_digest: str) -> str:
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
-def packages_index_hash(inrelease: str, component: str = "main", arch: str = "amd64") -> str:
-    """The SHA256 that a suite's InRelease file gives for its Packages.xz index."""
-    wanted = f"{component}/binary-{arch}/Packages.xz"
-    in_sha256 = False
-    for line in inrelease.splitlines():
-        if not line.startswith(" "):
-            in_sha256 = line.startswith("SHA256:")
-            continue
-        fields = line.split()
-        if in_sha256 and len(fields) == 3 and fields[2] == wanted:
-            return fields[0]
-    raise LabError(f"the mirror's InRelease lists no {wanted}")
-
-
-def kernel_in_packages(packages: str, meta_package: str = "linux-image-amd64") -> str:
-    """The kernel release (e.g. 6.1.0-50-amd64) that linux-image-amd64 depends on in a Packages index."""
-    for stanza in packages.split("\n\n"):
-        if f"\nPackage: {meta_package}\n" not in f"\n{stanza}\n":
-            continue
-        match = re.search(r"^Depends:.*?\blinux-image-(\d[^\s,()]*)", stanza, re.MULTILINE)
-        if match:
-            return match.group(1)
-    raise LabError(f"no {meta_package} with a kernel dependency in the mirror's Packages index")
-
-
-def _fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (mirror URI from apt config)
-        return response.read()
-
-
-def mirror_kernel(mirror: str, suite: str, cache: Path) -> str | None:
-    """The kernel release the mirror offers for SUITE now, or None when the mirror cannot be reached.
-
-    Only the small InRelease file is fetched each time; the Packages index is
-    fetched when its hash changed since the last look-up.
-    """
-    try:
-        inrelease = _fetch(f"{mirror}/dists/{suite}/InRelease").decode()
-    except (urllib.error.URLError, OSError) as err:
-        say(f"mirror not reachable ({err}); using the newest cached {suite} image")
-        return None
-    index_hash = packages_index_hash(inrelease)
-    memo = cache / "mirror" / f"{suite}-{index_hash}.kernel"
-    if memo.is_file():
-        return memo.read_text().strip()
-    packages = lzma.decompress(_fetch(f"{mirror}/dists/{suite}/main/binary-amd64/Packages.xz")).decode()
-    kernel = kernel_in_packages(packages)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(kernel + "\n")
-    return kernel
-
-
 def newest_cached(distro: Distro, cache: Path) -> Image | None:
     images = [Image(p) for p in (cache / "images").glob(f"{distro.name}-*") if (p / "image.json").is_file()]
     return max(images, key=lambda image: image.meta["built"], default=None)
@@ -166,15 +116,9 @@ def prune_images(distro: Distro, keep: Image, cache: Path, in_use: set[Path]) ->
     removed = []
     for path in sorted((cache / "images").glob(f"{distro.name}-*")):
         if path != keep.path and path not in in_use and path.is_dir():
-            shutil.rmtree(path)
+            remove_tree(path)
             removed.append(path)
     return removed
-
-
-def require_tool(tool: str, package: str) -> None:
-    """Fail with the package to install when a command is missing."""
-    if shutil.which(tool) is None:
-        raise LabError(f"{tool} not found: install the {package} package (scripts/setup.sh does)")
 
 
 def ensure_image(distro: Distro, mirror: str, cache: Path | None = None) -> Image:
@@ -191,24 +135,19 @@ def ensure_image(distro: Distro, mirror: str, cache: Path | None = None) -> Imag
     with open(cache / "images" / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (image.path / "image.json").is_file():
-            build_image(distro, mirror, kernel, image.path)
+            build_image(distro, mirror, kernel, image.path, log=build_log(distro, cache))
             for old in prune_images(distro, image, cache, images_in_use()):
                 say(f"removed the outdated image {old}")
     return image
 
 
-def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
-    """Build DISTRO's base image into DEST; nothing is left at DEST if the build fails."""
-    require_tool("mmdebstrap", "mmdebstrap")
-    require_tool("mkfs.ext4", "e2fsprogs")
-    work = dest.with_name(dest.name + ".build")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    root = work / "root"
-    log = work / "build.log"
-    started = time.monotonic()
-    say(f"building the {distro.name} image ({distro.suite}, kernel {kernel}) with mmdebstrap; log: {log}")
-    command = [
+def build_log(distro: Distro, cache: Path) -> Path:
+    """Where the log of DISTRO's image build is written; a failed build's log stays there."""
+    return cache / "logs" / f"{distro.name}-build.log"
+
+
+def mmdebstrap_command(distro: Distro, mirror: str, root: Path) -> list[str]:
+    return [
         "mmdebstrap",
         "--variant=minbase",
         # Keep the package lists, so that apt (and Ansible's --check) can resolve packages at once.
@@ -222,38 +161,47 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
         str(root),
         mirror,
     ]
+
+
+def build_image(distro: Distro, mirror: str, kernel: str, dest: Path, log: Path) -> None:
+    """Build DISTRO's base image into DEST, writing the build's output to LOG.
+
+    The build happens in DEST.build, renamed to DEST when complete: if the build
+    fails or is interrupted, mmdebstrap is stopped and nothing is left at either
+    path (the log stays at LOG, outside the cache entry).
+    """
+    require_tool("mmdebstrap", "mmdebstrap")
+    require_tool("mkfs.ext4", "e2fsprogs")
+    work = dest.with_name(dest.name + ".build")
+    remove_tree(work)  # left by a build that was killed outright
+    work.mkdir(parents=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    root = work / "root"
+    started = time.monotonic()
+    say(f"building the {distro.name} image ({distro.suite}, kernel {kernel}) with mmdebstrap; log: {log}")
     try:
-        with log.open("w") as out:
-            result = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            tail = "\n".join(log.read_text().splitlines()[-15:])
-            raise LabError(f"mmdebstrap failed for {distro.name} (log {log}):\n{tail}")
+        returncode = run_in_own_group(mmdebstrap_command(distro, mirror, root), log)
+        if returncode != 0:
+            raise LabError(f"mmdebstrap failed for {distro.name} (exit {returncode}); log {log}:\n{log_tail(log)}")
         (root / "etc" / "resolv.conf").unlink(missing_ok=True)
         (root / "etc" / "resolv.conf").write_text("nameserver 10.0.2.3\n")
         # Date the package lists as old, so that the first cache_valid_time check updates them.
         os.utime(root / "var" / "lib" / "apt" / "lists", (0, 0))
         kernels = sorted((root / "boot").glob("vmlinuz-*"))
         if [k.name for k in kernels] != [f"vmlinuz-{kernel}"]:
-            raise LabError(f"expected kernel {kernel} in the {distro.name} image, found {[k.name for k in kernels]}")
+            raise LabError(
+                f"expected kernel {kernel} in the {distro.name} image, found {[k.name for k in kernels]} (log {log})"
+            )
         shutil.copy(kernels[0], work / "vmlinuz")
         shutil.copy(root / "boot" / f"initrd.img-{kernel}", work / "initrd.img")
-        subprocess.run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-E",
-                "root_owner=0:0",
-                "-L",
-                "kmodlab-root",
-                "-d",
-                str(root),
-                str(work / "disk.raw"),
-                DISK_SIZE,
-            ],
-            check=True,
-        )
-        shutil.rmtree(root)
+        mkfs = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", "root_owner=0:0", "-L", "kmodlab-root", "-d", str(root),
+             str(work / "disk.raw"), DISK_SIZE],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        if mkfs.returncode != 0:
+            raise LabError(f"mkfs.ext4 failed for the {distro.name} image: {mkfs.stderr.strip()}")
+        remove_tree(root)
         seconds = round(time.monotonic() - started, 1)
         meta = {
             "distro": distro.name,
@@ -263,9 +211,100 @@ def build_image(distro: Distro, mirror: str, kernel: str, dest: Path) -> None:
             "seconds": seconds,
         }
         (work / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
-        shutil.rmtree(dest, ignore_errors=True)
+        remove_tree(dest)
         work.rename(dest)
+        shutil.move(log, dest / "build.log")
         say(f"built the {distro.name} image in {seconds}s")
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        with interrupts_held():
+            remove_tree(work)
         raise
+
+
+def log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_in_own_group(command: list[str], log: Path, grace: float = STOP_GRACE) -> int:
+    """Run COMMAND in a process group of its own, output to LOG; its exit code.
+
+    If this is interrupted (or fails), the whole group gets SIGTERM, then SIGKILL
+    after GRACE seconds, and is gone when this returns or raises.
+    """
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            return proc.wait()
+        except BaseException:
+            with interrupts_held():
+                say(f"stopping {command[0]}")
+                stop_group(proc, grace)
+            raise
+
+
+def stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """End the process group PROC leads: SIGTERM, then SIGKILL after GRACE seconds."""
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so that it does not count as alive
+            if not group_alive(proc.pid):
+                return
+            time.sleep(0.1)
+
+
+def group_alive(pgid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether a process of group PGID still runs (zombies do not count)."""
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        fields = text[text.rfind(")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def mounts_under(path: Path, mountinfo: str) -> list[Path]:
+    """Mount points at or below PATH in a /proc/PID/mountinfo text, deepest first."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+        if point == path or path in point.parents:
+            found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_tree(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
+    """Remove the directory PATH, after unmounting what is mounted below it (e.g. a chroot's /dev or /proc).
+
+    rmtree does not stop at mount points, so it never runs while something is
+    still mounted there: that is an error telling the user what to unmount.
+    """
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    path = path.parent.resolve() / path.name  # as mountinfo spells it
+    for point in mounts_under(path, mountinfo.read_text()):
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, stdin=subprocess.DEVNULL)
+    left = mounts_under(path, mountinfo.read_text())
+    if left:
+        raise LabError(
+            f"cannot remove {path}: {', '.join(map(str, left))} still mounted; unmount them, then remove {path}"
+        )
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        say(f"could not remove all of {path}; remove it by hand")

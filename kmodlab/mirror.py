@@ -1,4 +1,4 @@
-"""Where Debian packages come from: a user setting or the controller's own apt configuration.
+"""Where Debian packages come from (a user setting or the controller's apt configuration), and the kernel on offer.
 
 No registry host name is written in this repository: the lab uses the mirror the
 controller already uses (or the one set in KMODLAB_MIRROR), which is also what a
@@ -7,11 +7,15 @@ user behind a local mirror needs.
 
 from __future__ import annotations
 
+import lzma
 import os
 import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from kmodlab import LabError
+from kmodlab.progress import say
 
 APT_DIR = Path("/etc/apt")
 
@@ -68,3 +72,55 @@ def find_mirror(apt_dir: Path = APT_DIR, environ: dict[str, str] | None = None) 
         f"no Debian mirror found in {apt_dir}; set KMODLAB_MIRROR to your mirror's URI "
         "(the directory that holds dists/ and pool/)"
     )
+
+
+def packages_index_hash(inrelease: str, component: str = "main", arch: str = "amd64") -> str:
+    """The SHA256 that a suite's InRelease file gives for its Packages.xz index."""
+    wanted = f"{component}/binary-{arch}/Packages.xz"
+    in_sha256 = False
+    for line in inrelease.splitlines():
+        if not line.startswith(" "):
+            in_sha256 = line.startswith("SHA256:")
+            continue
+        fields = line.split()
+        if in_sha256 and len(fields) == 3 and fields[2] == wanted:
+            return fields[0]
+    raise LabError(f"the mirror's InRelease lists no {wanted}")
+
+
+def kernel_in_packages(packages: str, meta_package: str = "linux-image-amd64") -> str:
+    """The kernel release (e.g. 6.1.0-50-amd64) that linux-image-amd64 depends on in a Packages index."""
+    for stanza in packages.split("\n\n"):
+        if f"\nPackage: {meta_package}\n" not in f"\n{stanza}\n":
+            continue
+        match = re.search(r"^Depends:.*?\blinux-image-(\d[^\s,()]*)", stanza, re.MULTILINE)
+        if match:
+            return match.group(1)
+    raise LabError(f"no {meta_package} with a kernel dependency in the mirror's Packages index")
+
+
+def _fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (mirror URI from apt config or the user)
+        return response.read()
+
+
+def mirror_kernel(mirror: str, suite: str, cache: Path) -> str | None:
+    """The kernel release the mirror offers for SUITE now, or None when the mirror cannot be reached.
+
+    Only the small InRelease file is fetched each time; the Packages index is
+    fetched when its hash changed since the last look-up (remembered in CACHE/mirror).
+    """
+    try:
+        inrelease = _fetch(f"{mirror}/dists/{suite}/InRelease").decode()
+    except (urllib.error.URLError, OSError) as err:
+        say(f"mirror not reachable ({err}); using the newest cached {suite} image")
+        return None
+    index_hash = packages_index_hash(inrelease)
+    memo = cache / "mirror" / f"{suite}-{index_hash}.kernel"
+    if memo.is_file():
+        return memo.read_text().strip()
+    packages = lzma.decompress(_fetch(f"{mirror}/dists/{suite}/main/binary-amd64/Packages.xz")).decode()
+    kernel = kernel_in_packages(packages)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(kernel + "\n")
+    return kernel

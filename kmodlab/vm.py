@@ -1,11 +1,13 @@
-"""One lab machine's life: overlay disk, QEMU process, serial log, ssh readiness, stop."""
+"""One lab machine's life: overlay disk, QEMU command line and process, serial log, stop; and the KVM probe boot."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,24 +15,35 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kmodlab import LabError
-from kmodlab.images import Image, require_tool
+from kmodlab import LabError, require_tool
+from kmodlab.images import Image
+from kmodlab.progress import say
+from kmodlab.signals import interrupts_held
 
 QEMU = "qemu-system-x86_64"
+DEFAULT_CPUS = 2
+DEFAULT_MEMORY_MIB = 1536
+DEFAULT_ACCEL = "auto"
+ACCELS = ("auto", "kvm", "tcg")
+PROBE_MEMORY_MIB = 1024
+PROBE_TIMEOUT = 90.0
 HOSTKEY_LINE = re.compile(r"KMODLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
 
 
 @dataclass
 class VmConfig:
-    """What a machine is and where it listens; saved as vm.json beside its disk."""
+    """What a machine is and where it listens; saved as vm.json beside its disk.
+
+    Port 0 forwards no ssh port (the KVM probe boot needs none).
+    """
 
     name: str
     distro: str
     port: int
     accel: str
     kernel: str
-    cpus: int = 2
-    memory_mib: int = 1536
+    cpus: int = DEFAULT_CPUS
+    memory_mib: int = DEFAULT_MEMORY_MIB
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -50,23 +63,29 @@ def pick_port(preferred: int, taken: set[int], is_free=port_is_free, tries: int 
     raise LabError(f"no free port in {preferred}-{preferred + tries - 1} on 127.0.0.1")
 
 
-def qemu_command(config: VmConfig, image: Image, vm_dir: Path, public_key: str) -> list[str]:
-    """The QEMU command line that boots one machine from its image's kernel and its overlay."""
-    authkey = base64.b64encode(public_key.strip().encode()).decode()
-    append = " ".join(
-        [
-            "root=/dev/vda",
-            "rw",
-            "console=ttyS0",
-            "net.ifnames=0",
-            "panic=-1",
-            f"systemd.hostname={config.name}",
-            f"kmodlab.authkey={authkey}",
-        ]
-    )
+def qemu_command(
+    config: VmConfig,
+    image: Image,
+    vm_dir: Path,
+    public_key: str = "",
+    *,
+    daemonize: bool = True,
+    poweroff: bool = False,
+) -> list[str]:
+    """The QEMU command line that boots one machine from its image's kernel and its overlay in VM_DIR.
+
+    PUBLIC_KEY becomes root's authorized key; DAEMONIZE puts QEMU in the background;
+    POWEROFF boots to poweroff.target, so that the machine stops by itself (the probe boot).
+    """
+    append = ["root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "panic=-1", f"systemd.hostname={config.name}"]
+    if public_key:
+        append.append(f"kmodlab.authkey={base64.b64encode(public_key.strip().encode()).decode()}")
+    if poweroff:
+        append.append("systemd.unit=poweroff.target")
     accel = (
         ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
     )
+    netdev = "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{config.port}-:22" if config.port else "")
     return [
         QEMU,
         "-name", config.name,
@@ -79,19 +98,56 @@ def qemu_command(config: VmConfig, image: Image, vm_dir: Path, public_key: str) 
         "-no-reboot",
         "-kernel", str(image.kernel),
         "-initrd", str(image.initrd),
-        "-append", append,
+        "-append", " ".join(append),
         "-drive", f"file={vm_dir / 'overlay.qcow2'},if=virtio,format=qcow2",
-        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{config.port}-:22",
+        "-netdev", netdev,
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
         "-serial", f"file:{vm_dir / 'console.log'}",
         "-pidfile", str(vm_dir / "qemu.pid"),
-        "-daemonize",
+        *(["-daemonize"] if daemonize else []),
     ]  # fmt: skip
 
 
+def create_overlay(image: Image, overlay: Path) -> None:
+    """A fresh copy-on-write disk on the image's (read-only) disk."""
+    overlay.unlink(missing_ok=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(overlay)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def qemu_pids(vm_dir: Path, proc: Path = Path("/proc")) -> list[int]:
+    """QEMU processes of the machine in VM_DIR: a qemu-system program whose command line names a file there.
+
+    Found by command line, not by pidfile, so that a QEMU that has not written its pidfile yet is found too.
+    """
+    marker = (str(vm_dir) + "/").encode()
+    pids = []
+    for cmdline in proc.glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes()
+            pid = int(cmdline.parent.name)
+        except (OSError, ValueError):
+            continue
+        program = text.split(b"\0", 1)[0].rsplit(b"/", 1)[-1]
+        if b"qemu-system" in program and marker in text and pid != os.getpid():
+            pids.append(pid)
+    return sorted(pids)
+
+
+def _signal(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
 class Vm:
-    """A lab machine whose files live in VM_DIR (vm.json, overlay.qcow2, console.log, qemu.pid)."""
+    """A lab machine whose files live in its directory: the FILES the lab writes there, and nothing else."""
+
+    FILES = ("vm.json", "overlay.qcow2", "console.log", "qemu.pid")
 
     def __init__(self, vm_dir: Path):
         self.dir = vm_dir
@@ -108,17 +164,11 @@ class Vm:
     def config(self) -> VmConfig:
         return VmConfig(**json.loads((self.dir / "vm.json").read_text()))
 
-    def pid(self) -> int | None:
-        """The QEMU process of this machine, if it is running (checked against its command line)."""
-        try:
-            pid = int((self.dir / "qemu.pid").read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return None
-        return pid if str(self.dir).encode() in cmdline else None
+    def pids(self) -> list[int]:
+        return qemu_pids(self.dir)
 
     def running(self) -> bool:
-        return self.pid() is not None
+        return bool(self.pids())
 
     def start(self, config: VmConfig, image: Image, public_key: str) -> None:
         """Create the overlay on the image and start QEMU in the background."""
@@ -126,12 +176,7 @@ class Vm:
         require_tool("qemu-img", "qemu-utils")
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "vm.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-        overlay = self.dir / "overlay.qcow2"
-        overlay.unlink(missing_ok=True)
-        subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(overlay)],
-            check=True,
-        )
+        create_overlay(image, self.dir / "overlay.qcow2")
         self.console_log.write_text("")
         result = subprocess.run(
             qemu_command(config, image, self.dir, public_key),
@@ -158,17 +203,95 @@ class Vm:
         return match.group(1) if match else None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the QEMU process (TERM, then KILL); a machine that is not running is left as it is."""
-        pid = self.pid()
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
+        """End the machine's QEMU processes (TERM, then KILL); a machine that is not running is left as it is."""
+        for signum, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            pids = self.pids()
+            if not pids:
                 return
-            time.sleep(0.1)
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            return
+            _signal(pids, signum)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and self.pids():
+                time.sleep(0.1)
+
+    def remove(self) -> list[Path]:
+        """Delete the files the lab wrote for this machine, and its directory once empty; what else is there stays.
+
+        Returns the files that were left.
+        """
+        for name in self.FILES:
+            (self.dir / name).unlink(missing_ok=True)
+        left = sorted(self.dir.iterdir()) if self.dir.is_dir() else []
+        if self.dir.is_dir() and not left:
+            self.dir.rmdir()
+        return left
+
+
+def qemu_version() -> str:
+    result = subprocess.run([QEMU, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return result.stdout.splitlines()[0] if result.stdout else ""
+
+
+def probe_accel(image: Image, cache: Path, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a KVM guest boots and powers off here; the answer is remembered per host kernel and QEMU.
+
+    The probe boots IMAGE with the same command line as a lab machine (qemu_command),
+    in the foreground and to poweroff.target; its QEMU is ended however this returns.
+    """
+    require_tool(QEMU, "qemu-system-x86")
+    require_tool("qemu-img", "qemu-utils")
+    memo = cache / "accel-probe.json"
+    key = f"{os.uname().release} {qemu_version()}"
+    try:
+        known = json.loads(memo.read_text())
+        if known.get("key") == key:
+            return bool(known["kvm"])
+    except (OSError, ValueError, KeyError):
+        pass
+    say("probing KVM with a test boot (remembered for this host)")
+    probe = Vm(cache / "accel-probe")
+    probe.stop()  # one left by a probe that was killed outright
+    shutil.rmtree(probe.dir, ignore_errors=True)
+    probe.dir.mkdir(parents=True)
+    meta = image.meta
+    config = VmConfig("kmodlab-probe", meta["distro"], 0, "kvm", meta["kernel"], 1, PROBE_MEMORY_MIB)
+    ok = False
+    try:
+        create_overlay(image, probe.dir / "overlay.qcow2")
+        command = qemu_command(config, image, probe.dir, daemonize=False, poweroff=True)
+        stderr_log = probe.dir / "stderr.log"
+        with stderr_log.open("w") as err:
+            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
+            try:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and proc.poll() is None:
+                    if "KVM internal error" in stderr_log.read_text(errors="replace"):
+                        break
+                    time.sleep(0.5)
+                if proc.poll() is not None:
+                    console = probe.console_log.read_text(errors="replace") if probe.console_log.is_file() else ""
+                    ok = proc.returncode == 0 and "reboot: Power down" in console
+            finally:
+                with interrupts_held():
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+    finally:
+        with interrupts_held():
+            probe.stop()  # a QEMU the loop above did not get to know (interrupted right after it started)
+            shutil.rmtree(probe.dir, ignore_errors=True)
+    memo.write_text(json.dumps({"key": key, "kvm": ok}) + "\n")
+    return ok
+
+
+def choose_accel(requested: str, image: Image, cache: Path) -> str:
+    """kvm or tcg: as asked, or with `auto` KVM only when /dev/kvm opens and a probe boot works."""
+    if requested in ("kvm", "tcg"):
+        return requested
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        say("accelerator: tcg (no usable /dev/kvm)")
+        return "tcg"
+    if probe_accel(image, cache):
+        say("accelerator: kvm (probe boot worked)")
+        return "kvm"
+    say("accelerator: tcg (a KVM probe boot failed here)")
+    return "tcg"

@@ -16,8 +16,8 @@ ansible-lint --offline --nocolor
 ruff check .
 ruff format --check .
 
-step "pytest: kmodlab unit tests, module_src build/checkpatch/Part I, lab integration"
-pytest -v tests/unit tests/module_src tests/lab
+step "pytest: unit tests (lab, settings, collection), module_src build/checkpatch/Part I, lab integration"
+pytest -v tests/unit collections/ansible_collections/kmodlab/fleet/tests tests/module_src tests/lab
 
 step "molecule test (converge, idempotence, fleet tests, removal)"
 molecule test

@@ -2,8 +2,9 @@
 
     pytest tests/fleet --hosts='ansible://all' --ansible-inventory=inventory/lab.yml
 
-checks the deployed state. With --removal, test_zz_removal.py also runs
-remove.yml on those hosts and checks that nothing is left (molecule does this).
+checks the deployed state. With --removal, the tests marked `removal` (test_removal.py) also
+run remove.yml on those hosts and check that nothing is left (molecule does this); they run
+after every other test by design, not by file name.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    removal = [item for item in items if item.get_closest_marker("removal") is not None]
+    deployed = [item for item in items if item.get_closest_marker("removal") is None]
     if config.getoption("--removal"):
+        items[:] = deployed + removal  # removal changes the hosts: it goes last
         return
-    kept = [item for item in items if item.get_closest_marker("removal") is None]
-    deselected = [item for item in items if item.get_closest_marker("removal") is not None]
-    if deselected:
-        config.hook.pytest_deselected(items=deselected)
-        items[:] = kept
+    if removal:
+        config.hook.pytest_deselected(items=removal)
+        items[:] = deployed
 
 
 def pytest_configure(config):

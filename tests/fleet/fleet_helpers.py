@@ -8,8 +8,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
-MODULES = {"hello": "/proc/hello", "my_timer": "/proc/timer"}
+
+
+def role_defaults(role: str) -> dict:
+    """A role's defaults/main.yml: where the playbooks take the module list and the paths from."""
+    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+
+
+# Module name -> its /proc entry, as deploy.yml deploys them by default.
+MODULES = {m["name"]: m.get("proc_entry", "") for m in role_defaults("kmodlab")["kmodlab_modules"]}
+BUILD_ROOT = role_defaults("kernel_module")["kernel_module_build_root"]
+SYSCALLS_DEST = role_defaults("syscall_exercise")["syscall_exercise_dest"]
 
 
 def module_version(name: str) -> str:
@@ -40,13 +52,14 @@ def hosts_under_test(request) -> list:
     )
 
 
-def run_playbook(request, playbook: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a playbook of this repository against the inventory the tests use."""
+def run_playbook(request, playbook: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a playbook of this repository against the inventory the tests use (ENV: more environment)."""
     inventory = request.config.getoption("ansible_inventory")
     command = [str(Path(sys.executable).parent / "ansible-playbook"), playbook, *args]
     if inventory:
         command += ["-i", str(inventory)]
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    settings = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    env = dict(os.environ, **settings, **(env or {}))
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-TRACES = "/var/lib/kmodlab/syscalls"
+from fleet_helpers import SYSCALLS_DEST as TRACES
 
 
 def system_calls(host, path: str) -> list[str]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from fleet_helpers import warnings_in_dmesg
+from fleet_helpers import MODULES, warnings_in_dmesg
 
 CURRENT = re.compile(r"current time: (\d+\.\d{9})\n")
 BOTH = re.compile(r"current time: (\d+\.\d{9})\nelapsed time: (\d+\.\d{9})\n")
 SEP = "=====KMODLAB====="
+TIMER = MODULES["my_timer"]
 # A TCG guest under load can take well over a second to start cat after sleep
 # returns; the lower bound is exact (sleep never returns early).
 SLEEP_SLACK = Decimal("1.5")
@@ -34,7 +35,7 @@ def parse(text: str) -> tuple[Decimal, Decimal]:
 
 def test_proc_timer_is_read_only_for_everyone(host):
     """/proc/timer exists with mode 0444."""
-    entry = host.file("/proc/timer")
+    entry = host.file(TIMER)
     assert entry.exists
     assert entry.mode == 0o444
 
@@ -42,14 +43,14 @@ def test_proc_timer_is_read_only_for_everyone(host):
 def test_first_read_after_load_prints_only_current_time(host):
     """The first read after loading prints one `current time` line and nothing else."""
     reload_timer(host)
-    first = host.check_output("cat /proc/timer") + "\n"
+    first = host.check_output(f"cat {TIMER}") + "\n"
     assert CURRENT.fullmatch(first), repr(first)
 
 
 def test_second_read_reports_time_since_first(host):
     """After a sleep of 2 s, elapsed is 2 s (+ at most 1.5 s) and equals the difference of the two current times."""
     reload_timer(host)
-    first, second = reads(host, f"cat /proc/timer; echo {SEP}; sleep 2; cat /proc/timer")
+    first, second = reads(host, f"cat {TIMER}; echo {SEP}; sleep 2; cat {TIMER}")
     (now1,) = (Decimal(x) for x in CURRENT.fullmatch(first).groups())
     now2, elapsed = parse(second)
     assert Decimal(2) <= elapsed < Decimal(2) + SLEEP_SLACK
@@ -58,9 +59,7 @@ def test_second_read_reports_time_since_first(host):
 
 def test_elapsed_is_measured_from_the_previous_read(host):
     """Read, sleep 1, read, sleep 2, read: the third read reports about 2 s, not 3."""
-    outputs = reads(
-        host, f"cat /proc/timer; echo {SEP}; sleep 1; cat /proc/timer; echo {SEP}; sleep 2; cat /proc/timer"
-    )
+    outputs = reads(host, f"cat {TIMER}; echo {SEP}; sleep 1; cat {TIMER}; echo {SEP}; sleep 2; cat {TIMER}")
     now2, _ = parse(outputs[1])
     now3, elapsed3 = parse(outputs[2])
     assert elapsed3 == now3 - now2
@@ -69,14 +68,14 @@ def test_elapsed_is_measured_from_the_previous_read(host):
 
 def test_current_time_agrees_with_the_host_clock(host):
     """The current time lies between the host's clock read just before and just after."""
-    before, output, after = reads(host, f"date +%s.%N; echo {SEP}; cat /proc/timer; echo {SEP}; date +%s.%N")
+    before, output, after = reads(host, f"date +%s.%N; echo {SEP}; cat {TIMER}; echo {SEP}; date +%s.%N")
     now = Decimal(re.match(r"current time: (\d+\.\d{9})", output).group(1))
     assert Decimal(before.strip()) <= now <= Decimal(after.strip())
 
 
 def test_byte_by_byte_read_gives_the_same_lines_as_cat(host):
     """dd bs=1 reads two well-formed lines, and its elapsed time runs from the cat before it."""
-    by_cat, by_dd = reads(host, f"cat /proc/timer; echo {SEP}; dd if=/proc/timer bs=1 status=none")
+    by_cat, by_dd = reads(host, f"cat {TIMER}; echo {SEP}; dd if={TIMER} bs=1 status=none")
     now_dd, elapsed = parse(by_dd)
     now_cat = Decimal(re.match(r"current time: (\d+\.\d{9})", by_cat).group(1))
     assert elapsed == now_dd - now_cat
@@ -86,8 +85,8 @@ def test_eof_read_does_not_count_as_a_read(host):
     """A reader that reads past EOF many times still counts once: the next cat's elapsed runs from its snapshot."""
     first, second = reads(
         host,
-        "python3 -c \"f = open('/proc/timer'); t = f.read(); [f.read() for _ in range(50)]; print(t, end='')\"; "
-        f"echo {SEP}; cat /proc/timer",
+        f"python3 -c \"f = open('{TIMER}'); t = f.read(); [f.read() for _ in range(50)]; print(t, end='')\"; "
+        f"echo {SEP}; cat {TIMER}",
     )
     now1 = Decimal(re.match(r"current time: (\d+\.\d{9})", first).group(1))
     now2, elapsed = parse(second)
@@ -99,7 +98,7 @@ def test_concurrent_readers_get_well_formed_output(host):
     before = warnings_in_dmesg(host)
     out = host.run(
         "d=$(mktemp -d); for i in 1 2 3 4 5 6 7 8; do "
-        "(for j in $(seq 25); do cat /proc/timer; echo " + SEP + "; done > $d/$i) & done; wait; "
+        f"(for j in $(seq 25); do cat {TIMER}; echo " + SEP + "; done > $d/$i) & done; wait; "
         "cat $d/*; rm -r $d"
     )
     assert out.rc == 0, out.stderr

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kmodlab.fleet import FIRST_PORT
+from kmodlab.lab import FIRST_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = [sys.executable, "-m", "kmodlab"]
@@ -86,8 +86,9 @@ def test_fleet_comes_up_answers_ansible_and_goes_down(images_built, lab_env, tmp
     assert not inventory.exists()
 
 
-def test_interrupting_up_leaves_no_qemu_behind(images_built, lab_env):
-    """SIGINT while up waits for ssh: exit 130 and the machine's QEMU is gone."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_interrupting_up_leaves_no_qemu_behind(images_built, lab_env, signum):
+    """SIGINT, SIGTERM or SIGHUP while up waits for ssh: exit 130 and the machine's QEMU is gone."""
     proc = subprocess.Popen(
         [*LAB, "--lab", "itest", "up", "--vm", "debian12", "--inventory", "none"],
         env=lab_env, cwd=REPO, stderr=subprocess.PIPE, text=True,
@@ -96,9 +97,10 @@ def test_interrupting_up_leaves_no_qemu_behind(images_built, lab_env):
         if "waiting for ssh" in line:
             break
     assert qemu_processes(Path(lab_env["KMODLAB_HOME"])), "QEMU should be running while up waits"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 130, rest
+    assert "machines started by this command were stopped" in rest
     assert qemu_processes(Path(lab_env["KMODLAB_HOME"])) == []
 
 

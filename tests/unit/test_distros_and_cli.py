@@ -7,7 +7,7 @@ import pytest
 from kmodlab import LabError
 from kmodlab.cli import main
 from kmodlab.distros import DISTROS, get_distro
-from kmodlab.fleet import VmSpec
+from kmodlab.lab import VmSpec
 
 
 def test_known_distributions_include_debian_12_and_13():
@@ -76,5 +76,7 @@ def test_missing_mmdebstrap_names_the_package(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(LabError, match="install the mmdebstrap package"):
-        build_image(get_distro("debian12"), "http://mirror.invalid/debian", "6.1.0-1-amd64", tmp_path / "img")
-    assert not (tmp_path / "img").exists()
+        build_image(
+            get_distro("debian12"), "http://mirror.invalid/debian", "6.1.0-1-amd64", tmp_path / "img", tmp_path / "log"
+        )
+    assert list(tmp_path.iterdir()) == []

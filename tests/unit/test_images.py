@@ -1,53 +1,16 @@
-"""Image cache keys and the mirror look-up of the kernel on offer."""
+"""Image cache keys, the cached image when the mirror is down, pruning, and what a failed build leaves."""
 
 from __future__ import annotations
 
-import lzma
+import os
+import stat
 import urllib.error
+from pathlib import Path
 
 import pytest
 
-from kmodlab import LabError, images
+from kmodlab import LabError, images, mirror
 from kmodlab.distros import Distro, get_distro
-
-INRELEASE = """Origin: Debian
-Suite: stable
-MD5Sum:
- 0123 100 main/binary-amd64/Packages.xz
-SHA256:
- aaaa 200 main/binary-i386/Packages.xz
- bbbb 300 main/binary-amd64/Packages.xz
- cccc 400 main/binary-amd64/Packages
-"""
-
-PACKAGES = """Package: linux-headers-amd64
-Depends: linux-headers-6.1.0-50-amd64 (= 6.1.123-1)
-
-Package: linux-image-amd64
-Source: linux-signed-amd64 (6.1.123+1)
-Version: 6.1.123-1
-Depends: linux-image-6.1.0-50-amd64 (= 6.1.123-1)
-
-Package: zsh
-Version: 5.9-4
-"""
-
-
-def test_packages_index_hash_reads_the_sha256_section():
-    """The SHA256 entry of main/binary-amd64/Packages.xz is picked, not MD5 or another arch."""
-    assert images.packages_index_hash(INRELEASE) == "bbbb"
-
-
-def test_packages_index_hash_missing_is_an_error():
-    with pytest.raises(LabError):
-        images.packages_index_hash("SHA256:\n x 1 main/binary-arm64/Packages.xz\n")
-
-
-def test_kernel_in_packages_follows_the_meta_package():
-    """linux-image-amd64's dependency names the kernel release."""
-    assert images.kernel_in_packages(PACKAGES) == "6.1.0-50-amd64"
-    trixie = "Package: linux-image-amd64\nDepends: linux-image-6.12.117+deb13-amd64 (= 6.12.117-1)\n"
-    assert images.kernel_in_packages(trixie) == "6.12.117+deb13-amd64"
 
 
 def test_image_key_changes_with_kernel_packages_and_guest_files():
@@ -57,25 +20,9 @@ def test_image_key_changes_with_kernel_packages_and_guest_files():
     assert key == images.image_key(d12, "6.1.0-50-amd64", "g1")
     assert key != images.image_key(d12, "6.1.0-51-amd64", "g1")
     assert key != images.image_key(d12, "6.1.0-50-amd64", "g2")
-    more = Distro(d12.name, d12.suite, d12.version, extra_packages=("strace",))
+    more = Distro(d12.name, d12.suite, extra_packages=("strace",))
     assert key != images.image_key(more, "6.1.0-50-amd64", "g1")
     assert key != images.image_key(get_distro("debian13"), "6.1.0-50-amd64", "g1")
-
-
-def test_mirror_kernel_fetches_packages_only_when_the_index_changed(tmp_path, monkeypatch):
-    """A second look-up with the same InRelease hash reads the remembered kernel, not Packages.xz."""
-    fetched = []
-
-    def fake_fetch(url):
-        fetched.append(url.rsplit("/", 1)[-1])
-        if url.endswith("InRelease"):
-            return INRELEASE.encode()
-        return lzma.compress(PACKAGES.encode())
-
-    monkeypatch.setattr(images, "_fetch", fake_fetch)
-    assert images.mirror_kernel("http://m", "bookworm", tmp_path) == "6.1.0-50-amd64"
-    assert images.mirror_kernel("http://m", "bookworm", tmp_path) == "6.1.0-50-amd64"
-    assert fetched == ["InRelease", "Packages.xz", "InRelease"]
 
 
 def test_unreachable_mirror_uses_the_newest_cached_image(tmp_path, monkeypatch):
@@ -84,7 +31,7 @@ def test_unreachable_mirror_uses_the_newest_cached_image(tmp_path, monkeypatch):
     def down(url):
         raise urllib.error.URLError("unreachable")
 
-    monkeypatch.setattr(images, "_fetch", down)
+    monkeypatch.setattr(mirror, "_fetch", down)
     for name, built in (("debian12-old", 1), ("debian12-new", 2), ("debian13-x", 3)):
         (tmp_path / "images" / name).mkdir(parents=True)
         (tmp_path / "images" / name / "image.json").write_text(f'{{"built": {built}, "kernel": "k{built}"}}')
@@ -108,3 +55,77 @@ def test_prune_keeps_the_new_image_and_those_in_use(tmp_path):
     )
     assert removed == [root / "debian12-old"]
     assert sorted(p.name for p in root.iterdir()) == ["debian12-new", "debian12-running", "debian13-x"]
+
+
+MOUNTINFO = """22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:5 / {work}/root/dev rw shared:2 - devtmpfs udev rw
+31 30 0:6 / {work}/root/dev/pts rw shared:3 - devpts devpts rw
+32 22 0:7 / {work}/root/proc rw shared:4 - proc proc rw
+33 22 0:8 / {work}-other/root/proc rw shared:5 - proc proc rw
+34 22 0:9 / {spaced}/root/sys rw shared:6 - sysfs sysfs rw
+"""
+
+
+def test_mounts_under_finds_the_chroot_mounts_deepest_first(tmp_path):
+    """Mount points below the build directory (octal escapes decoded), deepest first; a sibling's are not."""
+    work = tmp_path / "debian12-x.build"
+    spaced = tmp_path / "a b"
+    text = MOUNTINFO.format(work=work, spaced=str(spaced).replace(" ", "\\040"))
+    found = images.mounts_under(work, text)
+    assert found[0] == work / "root" / "dev" / "pts"
+    assert sorted(found) == sorted([work / "root" / "dev", work / "root" / "dev" / "pts", work / "root" / "proc"])
+    assert images.mounts_under(spaced, text) == [spaced / "root" / "sys"]
+
+
+def test_remove_tree_never_walks_into_a_mount_it_could_not_unmount(tmp_path, monkeypatch):
+    """Mounts below the directory are unmounted (umount -l, deepest first); one that stays stops the removal."""
+    work = tmp_path / "debian12-x.build"
+    (work / "root" / "dev" / "pts").mkdir(parents=True)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(MOUNTINFO.format(work=work, spaced=tmp_path / "elsewhere"))
+    calls = []
+    monkeypatch.setattr(images.subprocess, "run", lambda command, **kw: calls.append(command))
+    with pytest.raises(LabError, match="still mounted"):
+        images.remove_tree(work, mountinfo)
+    assert calls[0] == ["umount", "-l", str(work / "root" / "dev" / "pts")]
+    assert ["umount", "-l", str(work / "root" / "proc")] in calls
+    assert (work / "root" / "dev" / "pts").is_dir()
+
+    mountinfo.write_text("22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n")
+    images.remove_tree(work, mountinfo)
+    assert not work.exists()
+
+
+def fake_tools(bin_dir: Path, mmdebstrap: str) -> None:
+    """An mmdebstrap (a shell script; its target directory is its second last argument) and a mkfs.ext4."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in (("mmdebstrap", mmdebstrap), ("mkfs.ext4", "exit 0\n")):
+        path = bin_dir / name
+        path.write_text('#!/bin/sh\neval "target=\\${$(($# - 1))}"\n' + body)
+        path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+
+def test_failed_build_keeps_its_log_outside_the_cache_entry(tmp_path, monkeypatch):
+    """mmdebstrap failing: the error names the log, which is kept; no entry and no .build directory are left."""
+    fake_tools(tmp_path / "bin", 'mkdir -p "$target/etc"; echo "E: no such suite, really"; exit 3\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    dest = tmp_path / "cache" / "images" / "debian12-abc"
+    log = images.build_log(get_distro("debian12"), tmp_path / "cache")
+    with pytest.raises(LabError, match="mmdebstrap failed") as err:
+        images.build_image(get_distro("debian12"), "file:///nowhere", "6.1.0-1-amd64", dest, log=log)
+    assert str(log) in str(err.value)
+    assert "no such suite, really" in str(err.value)
+    assert "no such suite, really" in log.read_text()
+    assert list((tmp_path / "cache" / "images").iterdir()) == []
+
+
+def test_build_in_progress_is_never_an_entry(tmp_path, monkeypatch):
+    """A build that fails after mmdebstrap (the kernel is not the expected one) leaves no entry either."""
+    fake_tools(tmp_path / "bin", 'mkdir -p "$target/boot" "$target/etc" "$target/var/lib/apt/lists"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    dest = tmp_path / "images" / "debian12-abc"
+    log = tmp_path / "logs" / "debian12-build.log"
+    with pytest.raises(LabError, match="expected kernel"):
+        images.build_image(get_distro("debian12"), "file:///nowhere", "6.1.0-1-amd64", dest, log=log)
+    assert list((tmp_path / "images").iterdir()) == []
+    assert log.is_file()

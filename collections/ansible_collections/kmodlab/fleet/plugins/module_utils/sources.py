@@ -1,18 +1,65 @@
-"""Keep a directory on the host holding exactly a given set of source files (shared by this collection's modules)."""
+"""Keep a directory on the host holding exactly a given set of source files (shared by this collection's modules).
+
+Files travel base64-encoded (as the kmodlab.fleet.source_files lookup reads them), so that the host,
+not the transport, decides what is acceptable: every check runs before anything on the host changes.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 
 MANIFEST = ".kmodlab-sources.json"
+
+
+class SourceError(Exception):
+    """Sources that cannot be used; nothing on the host was changed."""
+
+
+def decode_files(files):
+    """Check names and contents of FILES (name -> base64 text) and return name -> text.
+
+    Names must be plain file names; contents must be valid UTF-8.
+    """
+    if not files:
+        raise SourceError("no source files given (is the source directory empty?)")
+    decoded = {}
+    for name, data in sorted(files.items()):
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..", MANIFEST):
+            raise SourceError("bad source file name %r: only plain file names are allowed" % (name,))
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise SourceError("%s: content is not base64 (use the kmodlab.fleet.source_files lookup)" % name) from None
+        try:
+            decoded[name] = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise SourceError(
+                "%s is not valid UTF-8 (byte 0x%02x at offset %d); save it as UTF-8" % (name, raw[err.start], err.start)
+            ) from None
+    return decoded
 
 
 def digest(files):
     """A digest of file names and contents."""
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+
+
+def refuse_symlinks(dest):
+    """Fail when DEST, or anything directly in it, is a symbolic link (writing there would go elsewhere)."""
+    if os.path.islink(dest):
+        raise SourceError("%s is a symbolic link; refusing to write sources through it" % dest)
+    if os.path.isdir(dest):
+        for entry in os.listdir(dest):
+            if os.path.islink(os.path.join(dest, entry)):
+                raise SourceError("%s is a symbolic link; refusing to replace it" % os.path.join(dest, entry))
+    elif os.path.exists(dest):
+        raise SourceError("%s exists and is not a directory" % dest)
 
 
 def read_manifest(dest):
@@ -45,20 +92,27 @@ def sources_current(dest, files):
     return read_manifest(dest).get("digest") == digest(files) and not source_diffs(dest, files)
 
 
-def write_sources(dest, files, extra=None):
-    """Replace DEST by a fresh directory holding FILES (build outputs of older sources go with it)."""
-    for name in files:
-        if os.path.basename(name) != name or name in ("", ".", "..", MANIFEST):
-            raise ValueError("bad source file name: %r" % name)
-    if os.path.isdir(dest):
-        shutil.rmtree(dest)
-    os.makedirs(dest, mode=0o755)
-    for name, text in files.items():
-        with open(os.path.join(dest, name), "w") as handle:
-            handle.write(text)
-    manifest = {"files": sorted(files), "digest": digest(files)}
-    manifest.update(extra or {})
-    update_manifest(dest, manifest)
+def write_sources(dest, files):
+    """Replace DEST by a fresh directory holding FILES (build outputs of older sources go with it).
+
+    The new directory is written beside DEST and swapped in, so an error half-way leaves DEST as it was.
+    """
+    parent = os.path.dirname(dest.rstrip("/")) or "/"
+    os.makedirs(parent, exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".%s." % os.path.basename(dest.rstrip("/")), dir=parent)
+    try:
+        os.chmod(work, 0o755)
+        for name, text in files.items():
+            with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
+                handle.write(text)
+        with open(os.path.join(work, MANIFEST), "w") as handle:
+            json.dump({"files": sorted(files), "digest": digest(files)}, handle, indent=2, sort_keys=True)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.rename(work, dest)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
 
 
 def update_manifest(dest, values):

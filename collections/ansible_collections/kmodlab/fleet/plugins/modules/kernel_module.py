@@ -8,12 +8,15 @@ DOCUMENTATION = r"""
 module: kernel_module
 short_description: Build, install, load and check an out-of-tree kernel module, or remove it
 description:
+  - Observes the host, plans the steps, then carries them out; check mode reports the same plan
+    without carrying it out.
   - Writes the module's sources to O(build_dir), builds them with kbuild against the running kernel when
     the sources or the kernel changed, installs the C(.ko) under C(/lib/modules/<release>/updates/), runs
-    depmod, loads the module (reloading it when the installed file changed) and checks that it is in
-    C(/proc/modules) and that its /proc entry answers.
+    depmod, loads the module (reloading it when the installed file changed, or when another build of it
+    is loaded) and checks that it is in C(/proc/modules) and that its /proc entry answers.
   - With O(state=absent), unloads the module, removes the installed file and the sources and runs depmod.
-    A module that is in use is refused before anything is removed.
+  - A module that is in use is refused, in check mode too, before anything is changed. Bad source file
+    names, sources that are not UTF-8 and a symbolic link at O(build_dir) are refused the same way.
 options:
   name:
     description: Module name; the build must produce C(<name>.ko).
@@ -25,7 +28,9 @@ options:
     choices: [present, absent]
     default: present
   files:
-    description: Source files (file name to text) such as C(<name>.c) and C(Makefile); required when present.
+    description:
+      - Source files, file name to base64-encoded content, such as C(<name>.c) and C(Makefile), as the
+        P(kmodlab.fleet.source_files#lookup) lookup reads them; required when O(state=present).
     type: dict
   build_dir:
     description: Where the sources are written and built on the host.
@@ -42,41 +47,65 @@ EXAMPLES = r"""
 - name: Ensure my_timer is built, installed and loaded
   kmodlab.fleet.kernel_module:
     name: my_timer
-    files:
-      my_timer.c: "{{ lookup('ansible.builtin.file', 'my_timer.c', rstrip=false) }}"
-      Makefile: "{{ lookup('ansible.builtin.file', 'Makefile', rstrip=false) }}"
+    files: "{{ lookup('kmodlab.fleet.source_files', 'module_src/my_timer', patterns=['*.c', 'Makefile']) }}"
     build_dir: /usr/local/src/kmodlab/my_timer
     proc_entry: /proc/timer
 """
 
 RETURN = r"""
 kernel:
-  description: The running kernel release the module was built for.
+  description: The running kernel release.
   type: str
-  returned: always
-version:
-  description: MODULE_VERSION of the loaded module (empty when it declares none).
-  type: str
-  returned: when loaded
-actions:
-  description: What was done (or would be done in check mode), in order.
-  type: list
-  elements: str
   returned: always
 installed:
   description: Path of the installed module file.
   type: str
   returned: always
+actions:
+  description: The planned steps, done (or, in check mode, to be done), in order.
+  type: list
+  elements: str
+  returned: always
+  sample: ["write sources", "build", "install and run depmod", "unload", "load"]
+version:
+  description: MODULE_VERSION of the loaded module (empty when it declares none).
+  type: str
+  returned: when state is present and not in check mode
+srcversion:
+  description: srcversion of the loaded module, which equals the installed file's.
+  type: str
+  returned: when state is present and not in check mode
+proc_entry_mode:
+  description: Permission bits of O(proc_entry), in octal.
+  type: str
+  returned: when state is present, proc_entry is given and not in check mode
+  sample: "0444"
 """
 
 import hashlib
 import os
 import shutil
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
+    BUILD,
+    DEPMOD,
+    INSTALL,
+    LOAD,
+    REMOVE_INSTALLED,
+    REMOVE_SOURCES,
+    UNLOAD,
+    WRITE,
+    Observed,
+    Refusal,
+    plan_absent,
+    plan_present,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
+    SourceError,
+    decode_files,
     read_manifest,
+    refuse_symlinks,
     source_diffs,
     sources_current,
     update_manifest,
@@ -100,76 +129,84 @@ def read(path, default=""):
         return default
 
 
-def loaded(name):
-    return os.path.isdir("/sys/module/%s/sections" % name) or any(
-        line.split()[0] == name for line in read("/proc/modules").splitlines() if line
-    )
-
-
-class KernelModule:
+class KernelModule(object):
     def __init__(self, module):
         self.module = module
-        params = module.params
-        self.name = params["name"]
-        self.build_dir = params["build_dir"]
+        self.name = module.params["name"]
+        self.build_dir = module.params["build_dir"]
         self.kernel = os.uname().release
         self.kdir = "/lib/modules/%s/build" % self.kernel
         self.installed = "/lib/modules/%s/updates/%s.ko" % (self.kernel, self.name)
         self.built = os.path.join(self.build_dir, self.name + ".ko")
-        self.actions = []
-        self.result = {"changed": False, "kernel": self.kernel, "installed": self.installed, "actions": self.actions}
-
-    def run(self, args, what):
-        proc = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-30:])
-            self.fail("%s failed (%s, exit %d):\n%s" % (what, " ".join(args), proc.returncode, tail))
-        return proc.stdout
+        self.sysfs = "/sys/module/%s" % self.name
+        self.result = {"changed": False, "kernel": self.kernel, "installed": self.installed, "actions": []}
+        self.files = None
 
     def fail(self, msg):
         self.module.fail_json(msg="%s: %s" % (self.name, msg), **self.result)
 
-    def do(self, action):
-        """Record an action; returns whether to carry it out (not in check mode)."""
-        self.actions.append(action)
-        self.result["changed"] = True
-        return not self.module.check_mode
+    def run(self, args, what):
+        args = [self.module.get_bin_path(args[0], required=True)] + list(args[1:])
+        rc, out, err = self.module.run_command(args)
+        if rc != 0:
+            tail = "\n".join((out + err).splitlines()[-30:])
+            self.fail("%s failed (%s, exit %d):\n%s" % (what, " ".join(args), rc, tail))
+        return out
 
-    def present(self):
-        files = self.module.params["files"]
-        if not files:
-            self.fail("no source files given (is the source directory empty?)")
-        if not sources_current(self.build_dir, files):
-            if self.module._diff:
-                self.result["diff"] = source_diffs(self.build_dir, files)
-            if self.do("write sources to %s" % self.build_dir):
-                write_sources(self.build_dir, files)
-        manifest = read_manifest(self.build_dir)
-        if manifest.get("built_for") != self.kernel or not os.path.isfile(self.built):
-            if self.do("build %s.ko for %s" % (self.name, self.kernel)):
-                self.build()
-        if self.module.check_mode and self.result["changed"]:
-            would_install = True
-        else:
-            would_install = sha256(self.built) != sha256(self.installed)
-        if would_install and self.do("install %s and run depmod" % self.installed):
-            self.install()
-        is_loaded = loaded(self.name)
-        if is_loaded and would_install:
-            if self.do("unload the running %s to load the new one" % self.name):
-                self.unload()
-                is_loaded = False
-        elif is_loaded and not self.module.check_mode:
-            # Loaded from somewhere else (insmod of another build): load ours instead.
-            if read("/sys/module/%s/srcversion" % self.name) != self.srcversion(self.installed):
-                if self.do("replace the loaded %s by the installed one" % self.name):
-                    self.unload()
-                    is_loaded = False
-        if not is_loaded and self.do("modprobe %s" % self.name):
-            self.run(["modprobe", self.name], "modprobe")
-        if not self.module.check_mode:
-            self.check()
-        self.module.exit_json(**self.result)
+    # Observe: read-only.
+
+    def loaded(self):
+        if os.path.isdir(self.sysfs + "/sections"):
+            return True
+        return any(line.split()[0] == self.name for line in read("/proc/modules").splitlines() if line)
+
+    def srcversion_of(self, path):
+        if not os.path.isfile(path):
+            return ""
+        return self.run(["modinfo", "-F", "srcversion", path], "modinfo").strip()
+
+    def in_depmod(self):
+        wanted = "updates/%s.ko:" % self.name
+        dep = read("/lib/modules/%s/modules.dep" % self.kernel)
+        return any(line.startswith(wanted) for line in dep.splitlines())
+
+    def observe(self):
+        loaded = self.loaded()
+        holders = sorted(os.listdir(self.sysfs + "/holders")) if os.path.isdir(self.sysfs + "/holders") else []
+        observed = Observed(
+            kernel=self.kernel,
+            installed=sha256(self.installed),
+            loaded=loaded,
+            loaded_srcversion=read(self.sysfs + "/srcversion") if loaded else "",
+            refcnt=read(self.sysfs + "/refcnt", "0") if loaded else "0",
+            holders=holders,
+            build_dir_exists=os.path.lexists(self.build_dir),
+        )
+        if self.files is not None:
+            observed.sources_current = sources_current(self.build_dir, self.files)
+            observed.built_for = read_manifest(self.build_dir).get("built_for")
+            observed.built = sha256(self.built)
+            observed.in_depmod = observed.installed is None or self.in_depmod()
+            if loaded and observed.installed is not None:
+                observed.installed_srcversion = self.srcversion_of(self.installed)
+        return observed
+
+    # Apply: one method per step.
+
+    def step(self, action):
+        {
+            WRITE: self.write,
+            BUILD: self.build,
+            INSTALL: self.install,
+            DEPMOD: self.depmod,
+            UNLOAD: self.unload,
+            LOAD: self.load,
+            REMOVE_INSTALLED: self.remove_installed,
+            REMOVE_SOURCES: self.remove_sources,
+        }[action]()
+
+    def write(self):
+        write_sources(self.build_dir, self.files)
 
     def build(self):
         if not os.path.isfile(os.path.join(self.kdir, "Makefile")):
@@ -188,30 +225,32 @@ class KernelModule:
         shutil.copyfile(self.built, tmp)
         os.chmod(tmp, 0o644)
         os.rename(tmp, self.installed)
+        self.depmod()
+
+    def depmod(self):
         self.run(["depmod", "-a", self.kernel], "depmod")
 
-    def srcversion(self, path):
-        out = self.run(["modinfo", "-F", "srcversion", path], "modinfo")
-        return out.strip()
-
     def unload(self):
-        refcnt = read("/sys/module/%s/refcnt" % self.name, "0")
-        holders = (
-            sorted(os.listdir("/sys/module/%s/holders" % self.name))
-            if os.path.isdir("/sys/module/%s/holders" % self.name)
-            else []
-        )
-        if refcnt not in ("", "0") or holders:
-            self.fail(
-                "in use (refcnt %s, used by: %s); stop its users and run again. Nothing was removed."
-                % (refcnt, ", ".join(holders) or "processes")
-            )
         self.run(["rmmod", self.name], "rmmod")
 
+    def load(self):
+        self.run(["modprobe", self.name], "modprobe")
+
+    def remove_installed(self):
+        os.unlink(self.installed)
+        self.depmod()
+
+    def remove_sources(self):
+        if os.path.islink(self.build_dir) or not os.path.isdir(self.build_dir):
+            os.unlink(self.build_dir)
+        else:
+            shutil.rmtree(self.build_dir)
+
     def check(self):
-        if not loaded(self.name):
+        if not self.loaded():
             self.fail("not in /proc/modules after loading")
-        self.result["version"] = read("/sys/module/%s/version" % self.name)
+        self.result["version"] = read(self.sysfs + "/version")
+        self.result["srcversion"] = read(self.sysfs + "/srcversion")
         entry = self.module.params["proc_entry"]
         if entry:
             if not os.path.exists(entry):
@@ -223,15 +262,27 @@ class KernelModule:
             except OSError as err:
                 self.fail("loaded, but reading %s failed: %s" % (entry, err))
 
-    def absent(self):
-        if loaded(self.name) and self.do("rmmod %s" % self.name):
-            self.unload()
-        if os.path.exists(self.installed) and self.do("remove %s and run depmod" % self.installed):
-            os.unlink(self.installed)
-            self.run(["depmod", "-a", self.kernel], "depmod")
-        if os.path.exists(self.build_dir) and self.do("remove %s" % self.build_dir):
-            shutil.rmtree(self.build_dir)
-        if not self.module.check_mode and loaded(self.name):
+    def main(self):
+        present = self.module.params["state"] == "present"
+        try:
+            if present:
+                self.files = decode_files(self.module.params["files"])
+                refuse_symlinks(self.build_dir)
+            observed = self.observe()
+            plan = plan_present(self.name, observed) if present else plan_absent(self.name, observed)
+        except (SourceError, Refusal) as err:
+            self.fail(str(err))
+        self.result["actions"] = plan
+        self.result["changed"] = bool(plan)
+        if WRITE in plan and self.module._diff:
+            self.result["diff"] = source_diffs(self.build_dir, self.files)
+        if self.module.check_mode:
+            self.module.exit_json(**self.result)
+        for action in plan:
+            self.step(action)
+        if present:
+            self.check()
+        elif self.loaded():
             self.fail("still loaded after rmmod")
         self.module.exit_json(**self.result)
 
@@ -248,11 +299,7 @@ def main():
         required_if=[("state", "present", ["files"])],
         supports_check_mode=True,
     )
-    km = KernelModule(module)
-    if module.params["state"] == "present":
-        km.present()
-    else:
-        km.absent()
+    KernelModule(module).main()
 
 
 if __name__ == "__main__":

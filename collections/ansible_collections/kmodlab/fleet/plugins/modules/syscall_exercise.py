@@ -11,10 +11,14 @@ description:
   - Writes the sources (C(empty.c), C(part1.c), C(Makefile), C(check-traces.sh)) to O(dest), runs
     C(make check), which builds both programs, writes C(empty.trace) and C(part1.trace) with
     C(strace -o) and compares them, and fails unless part1 makes exactly O(expected) more system calls.
-  - Reports changed only when sources were written or traces were made anew.
+  - Observes, plans, then carries out the plan; check mode reports the same plan. It reports changed
+    only when sources are written or the traces are made anew (sources changed, or a trace is missing).
+  - Bad source file names and sources that are not UTF-8 are refused before anything is changed.
 options:
   files:
-    description: Source files (file name to text).
+    description:
+      - Source files, file name to base64-encoded content, as the P(kmodlab.fleet.source_files#lookup)
+        lookup reads them.
     type: dict
     required: true
   dest:
@@ -32,11 +36,21 @@ author:
 EXAMPLES = r"""
 - name: Ensure the Part I traces differ by exactly five system calls
   kmodlab.fleet.syscall_exercise:
-    files: "{{ my_files }}"
+    files: "{{ lookup('kmodlab.fleet.source_files', 'module_src/syscalls') }}"
     dest: /var/lib/kmodlab/syscalls
 """
 
 RETURN = r"""
+actions:
+  description: The planned steps, done (or, in check mode, to be done), in order.
+  type: list
+  elements: str
+  returned: always
+  sample: ["write sources", "trace"]
+output:
+  description: What C(make check) printed (the counts and the added calls).
+  type: str
+  returned: when the check ran
 difference:
   description: How many more system calls part1.trace has than empty.trace.
   type: int
@@ -55,21 +69,27 @@ traces:
 
 import os
 import re
-import subprocess
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
+    SourceError,
+    decode_files,
+    refuse_symlinks,
     source_diffs,
     sources_current,
     write_sources,
 )
 
+WRITE = "write sources"
+TRACE = "trace"
 
-def mtime(path):
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
+
+def plan(sources_are_current, traces_exist):
+    """The steps that bring the host to current sources and traces made from them."""
+    steps = [] if sources_are_current else [WRITE]
+    if WRITE in steps or not traces_exist:
+        steps.append(TRACE)
+    return steps
 
 
 def main():
@@ -81,34 +101,36 @@ def main():
         },
         supports_check_mode=True,
     )
-    files, dest, expected = module.params["files"], module.params["dest"], module.params["expected"]
+    dest, expected = module.params["dest"], module.params["expected"]
     traces = [os.path.join(dest, "empty.trace"), os.path.join(dest, "part1.trace")]
-    result = {"changed": False, "traces": traces}
-    if not sources_current(dest, files):
-        result["changed"] = True
-        if module._diff:
-            result["diff"] = source_diffs(dest, files)
-        if not module.check_mode:
-            write_sources(dest, files)
+    result = {"changed": False, "traces": traces, "actions": []}
+    try:
+        files = decode_files(module.params["files"])
+        refuse_symlinks(dest)
+    except SourceError as err:
+        module.fail_json(msg="Part I: %s" % err, **result)
+    steps = plan(sources_current(dest, files), all(os.path.isfile(t) for t in traces))
+    result.update(actions=steps, changed=bool(steps))
+    if WRITE in steps and module._diff:
+        result["diff"] = source_diffs(dest, files)
     if module.check_mode:
-        result["changed"] = result["changed"] or not all(os.path.isfile(t) for t in traces)
         module.exit_json(**result)
 
-    before = [mtime(t) for t in traces]
-    proc = subprocess.run(
-        ["make", "-C", dest, "check", "EXPECTED=%d" % expected],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        universal_newlines=True,
-    )
-    result["changed"] = result["changed"] or [mtime(t) for t in traces] != before
-    result["output"] = proc.stdout
-    match = re.search(r"^difference: (-?\d+) ", proc.stdout, re.MULTILINE)
+    if WRITE in steps:
+        write_sources(dest, files)
+    if TRACE in steps:
+        for trace in traces:
+            if os.path.exists(trace):
+                os.unlink(trace)
+    make = module.get_bin_path("make", required=True)
+    rc, out, err = module.run_command([make, "-C", dest, "check", "EXPECTED=%d" % expected])
+    result["output"] = out + err
+    match = re.search(r"^difference: (-?\d+) ", out, re.MULTILINE)
     if match:
         result["difference"] = int(match.group(1))
-        added = re.search(r"^added: (.*)$", proc.stdout, re.MULTILINE)
+        added = re.search(r"^added: (.*)$", out, re.MULTILINE)
         result["added"] = added.group(1).split() if added else []
-    if proc.returncode != 0:
+    if rc != 0:
         module.fail_json(
             msg="Part I check failed: part1 must make exactly %d more system calls than empty" % expected, **result
         )

@@ -1,0 +1,96 @@
+"""The kernel_module plan: what a real run does, and what check mode reports, for each state of a host."""
+
+from __future__ import annotations
+
+import pytest
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
+    BUILD,
+    DEPMOD,
+    INSTALL,
+    LOAD,
+    REMOVE_INSTALLED,
+    REMOVE_SOURCES,
+    UNLOAD,
+    WRITE,
+    Observed,
+    Refusal,
+    plan_absent,
+    plan_present,
+)
+
+K = "6.1.0-50-amd64"
+
+
+def deployed(**changes):
+    """A host where the module is built from the current sources, installed, indexed and loaded."""
+    state = {
+        "kernel": K,
+        "sources_current": True,
+        "built_for": K,
+        "built": "sha-a",
+        "installed": "sha-a",
+        "in_depmod": True,
+        "loaded": True,
+        "loaded_srcversion": "SRC-A",
+        "installed_srcversion": "SRC-A",
+        "build_dir_exists": True,
+    }
+    state.update(changes)
+    return Observed(**state)
+
+
+def test_a_deployed_module_needs_nothing():
+    """No step at all when everything is current: a re-run reports changed=0."""
+    assert plan_present("m", deployed()) == []
+
+
+def test_a_fresh_host_gets_every_step():
+    """Nothing there: write, build, install, load."""
+    fresh = Observed(kernel=K, sources_current=False)
+    assert plan_present("m", fresh) == [WRITE, BUILD, INSTALL, LOAD]
+
+
+def test_changed_sources_rebuild_reinstall_and_reload():
+    """New sources: write, build, install, unload the old module, load the new one."""
+    assert plan_present("m", deployed(sources_current=False)) == [WRITE, BUILD, INSTALL, UNLOAD, LOAD]
+
+
+def test_a_new_kernel_rebuilds_from_the_same_sources():
+    """The build was for another kernel: build and install for this one; nothing loaded yet, so load."""
+    host = deployed(built_for="6.1.0-49-amd64", installed=None, loaded=False, installed_srcversion="")
+    assert plan_present("m", host) == [BUILD, INSTALL, LOAD]
+
+
+def test_another_build_loaded_is_replaced_by_the_installed_one():
+    """A module loaded from elsewhere (insmod of another .ko) is unloaded and the installed one loaded."""
+    assert plan_present("m", deployed(loaded_srcversion="SRC-OTHER")) == [UNLOAD, LOAD]
+
+
+def test_an_installed_file_that_differs_from_the_build_is_reinstalled():
+    """Someone replaced the installed .ko: ours goes back in and is reloaded."""
+    assert plan_present("m", deployed(installed="sha-other")) == [INSTALL, UNLOAD, LOAD]
+
+
+def test_an_install_without_depmod_heals():
+    """An installed .ko that modules.dep does not list gets depmod (an interrupted run)."""
+    assert plan_present("m", deployed(in_depmod=False, loaded=False)) == [DEPMOD, LOAD]
+
+
+def test_a_busy_module_is_refused_before_any_step():
+    """Reloading a module in use is refused; the plan has no partial steps."""
+    with pytest.raises(Refusal, match="in use .*refcnt 2.*Nothing was changed"):
+        plan_present("m", deployed(sources_current=False, refcnt="2"))
+    with pytest.raises(Refusal, match="used by: other_mod"):
+        plan_absent("m", deployed(holders=("other_mod",)))
+
+
+def test_a_busy_module_that_needs_no_reload_is_left_alone():
+    """In use but current: nothing to do, nothing refused."""
+    assert plan_present("m", deployed(refcnt="1")) == []
+
+
+def test_removal_takes_off_what_is_there_only():
+    """absent: unload, remove the installed file, remove the sources; twice gives nothing."""
+    assert plan_absent("m", deployed()) == [UNLOAD, REMOVE_INSTALLED, REMOVE_SOURCES]
+    assert plan_absent("m", deployed(loaded=False, installed=None)) == [REMOVE_SOURCES]
+    assert plan_absent("m", Observed(kernel=K)) == []

@@ -1,0 +1,67 @@
+"""deploy.yml --check predicts exactly what a real run then does, on a host where another build is loaded.
+
+Each host gets my_timer built from a changed copy of its deployed sources and insmod-ed in place of
+the installed one (what a person trying a fix by hand leaves behind). --check must report that
+my_timer would be unloaded and loaded again, and nothing for hello; the real run must then do exactly
+that and leave the installed build loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fleet_helpers import BUILD_ROOT, hosts_under_test, module_version, run_playbook
+
+FOREIGN = "/root/kmodlab-foreign-build"
+
+
+def actions_by_task(output: str, hostname: str) -> dict[str, list[str]]:
+    """For each kernel_module task of a -v run with one-line JSON results: the actions it reported for HOSTNAME."""
+    found = {}
+    for section in re.split(r"^TASK \[", output, flags=re.MULTILINE)[1:]:
+        match = re.match(r"kernel_module : Ensure the kernel module is built and loaded, or removed \| (\w+)", section)
+        result = re.search(rf"^(?:ok|changed): \[{re.escape(hostname)}\] => (\{{.*\}})$", section, re.MULTILINE)
+        if match and result:
+            found[match.group(1)] = json.loads(result.group(1))["actions"]
+    return found
+
+
+@pytest.fixture(scope="session")
+def foreign_then_deploy(request):
+    """Load a foreign my_timer build on every host, then run deploy.yml --check and deploy.yml."""
+    hosts = hosts_under_test(request)
+    for h in hosts:
+        h.run_test(
+            f"rm -rf {FOREIGN} && cp -r {BUILD_ROOT}/my_timer {FOREIGN} && cd {FOREIGN} && "
+            'sed -i \'s/MODULE_VERSION("\\(.*\\)")/MODULE_VERSION("\\1-foreign")/\' my_timer.c && '
+            "make -s -C /lib/modules/$(uname -r)/build M=$PWD modules >/dev/null && "
+            "rmmod my_timer && insmod my_timer.ko"
+        )
+        assert h.file("/sys/module/my_timer/version").content_string.strip().endswith("-foreign")
+    limit = ",".join(h.backend.get_hostname() for h in hosts)
+    env = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
+    check = run_playbook(request, "deploy.yml", "--check", "-v", "--limit", limit, env=env)
+    real = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=env)
+    for h in hosts:
+        h.run(f"rm -rf {FOREIGN}")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert real.returncode == 0, real.stdout + real.stderr
+    return {"check": check.stdout, "real": real.stdout}
+
+
+def test_check_mode_reports_the_replacement_of_another_build(host, foreign_then_deploy):
+    """--check: my_timer would be unloaded and loaded; hello needs nothing."""
+    planned = actions_by_task(foreign_then_deploy["check"], host.backend.get_hostname())
+    assert planned == {"hello": [], "my_timer": ["unload", "load"]}
+
+
+def test_the_real_run_does_what_check_mode_said(host, foreign_then_deploy):
+    """The run's steps are the ones --check reported, and the installed build is the one loaded."""
+    name = host.backend.get_hostname()
+    assert actions_by_task(foreign_then_deploy["real"], name) == actions_by_task(foreign_then_deploy["check"], name)
+    release = host.check_output("uname -r")
+    installed = host.check_output(f"modinfo -F srcversion /lib/modules/{release}/updates/my_timer.ko")
+    assert host.file("/sys/module/my_timer/srcversion").content_string.strip() == installed
+    assert host.file("/sys/module/my_timer/version").content_string.strip() == module_version("my_timer")

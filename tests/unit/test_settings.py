@@ -1,0 +1,102 @@
+"""The user's settings: one home (roles/kmodlab), validated at the start, documented in the README as declared."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+ROLE = REPO / "roles" / "kmodlab"
+SPEC = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+
+
+def readme_variables() -> dict[str, str]:
+    """name -> type from the README's table under 'Variables a user sets'."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Variables a user sets", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(kmodlab_\w+)` \| (\w+) \|", section, re.MULTILINE))
+
+
+def test_every_setting_has_one_default_and_one_declaration():
+    """defaults/main.yml and argument_specs.yml name the same settings, and no playbook defaults them again."""
+    assert set(DEFAULTS) == set(SPEC)
+    for playbook in [*REPO.glob("*.yml"), *(REPO / "playbooks").rglob("*.yml")]:
+        assert "default(" not in playbook.read_text(), playbook
+
+
+def test_readme_table_matches_the_argument_specs():
+    """The README lists exactly the declared settings, each with its declared type."""
+    assert readme_variables() == {name: option["type"] for name, option in SPEC.items()}
+
+
+def test_no_playbook_names_a_group_or_a_module():
+    """Rollout and module list come from the role's settings, not from names written in the playbooks."""
+    names = [m["name"] for m in DEFAULTS["kmodlab_modules"]]
+    for playbook in [*REPO.glob("*.yml"), *(REPO / "playbooks").rglob("*.yml")]:
+        text = playbook.read_text()
+        assert not re.search(r"groups\[(?!'all'\])", text), playbook
+        assert "'lab'" not in text, playbook
+        for name in names:
+            assert name not in text, (playbook, name)
+
+
+def run_playbook(tmp_path: Path, playbook: str, hosts: dict, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a playbook of this repository on local connections (read-only plays and --check only)."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"children": hosts}}))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), playbook, "-i", str(inventory), *args]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def local_hosts(*names: str) -> dict:
+    return {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable} for name in names}
+
+
+@pytest.mark.parametrize(
+    ("modules", "message"),
+    [
+        ('[{"proc_entry": "/proc/timer"}]', "missing required arguments: name"),
+        ('"my_timer"', "kmodlab_modules"),
+        ('["my_timer"]', "kmodlab_modules"),
+    ],
+    ids=["no name", "not a list", "not a list of dicts"],
+)
+def test_bad_module_list_fails_at_the_start_naming_the_setting(tmp_path, modules, message):
+    """A wrong kmodlab_modules stops the play at its first task with a message naming it."""
+    result = run_playbook(
+        tmp_path,
+        "playbooks/status.yml",
+        {"fleet": {"hosts": local_hosts("h1")}},
+        "-e",
+        f'{{"kmodlab_modules": {modules}}}',
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Validating arguments against arg spec" in output
+    failure = output.split("fatal: [h1]", 1)[1]
+    assert "kmodlab_modules" in failure and message in failure, failure
+    assert "Read the kernel and the state of each module" not in output
+
+
+def batches(output: str) -> int:
+    return output.count("TASK [kmodlab : Validating arguments")
+
+
+def test_a_fleet_gets_a_canary_first_and_a_lab_goes_all_at_once(tmp_path):
+    """Three hosts of a fleet: a batch of one, then the rest; three lab machines: one batch."""
+    fleet = run_playbook(tmp_path, "remove.yml", {"fleet": {"hosts": local_hosts("h1", "h2", "h3")}}, "--check")
+    assert fleet.returncode == 0, fleet.stdout + fleet.stderr
+    assert batches(fleet.stdout) == 2
+    lab = run_playbook(
+        tmp_path, "remove.yml", {DEFAULTS["kmodlab_lab_group"]: {"hosts": local_hosts("h1", "h2", "h3")}}, "--check"
+    )
+    assert lab.returncode == 0, lab.stdout + lab.stderr
+    assert batches(lab.stdout) == 1
