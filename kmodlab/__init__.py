@@ -4,10 +4,10 @@ One module per job:
 
 - distros: what can be built (data).
 - mirror: where packages come from, and the kernel the mirror offers now.
-- images: base disks, built with mmdebstrap and cached.
-- vm: one machine's life (overlay, QEMU command line and process, stop), and the KVM probe.
+- images: base disks, built with mmdebstrap and cached (and which of them running machines use).
+- vm: one machine's life (overlay, the kernel it boots, QEMU command line and process, stop), and the KVM probe.
 - ssh: the lab's ssh key, known_hosts, its one ssh client config and the Ansible inventory.
-- lab: a lab's lifecycle (up, down, its machines).
+- lab: a lab's lifecycle (up, down, its machines; stop, start and reboot one of them).
 - signals: SIGTERM and SIGHUP act like Ctrl-C; clean-up is not cut short.
 - progress: timed progress lines.
 - cli: the command line.

@@ -1,4 +1,4 @@
-"""The lab's command line: python -m kmodlab up|down|status|ssh|image."""
+"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|image."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from kmodlab.vm import ACCELS, DEFAULT_ACCEL, DEFAULT_CPUS, DEFAULT_MEMORY_MIB
 # What an interrupted command says it left behind (exit 130).
 INTERRUPTED = {
     "up": "machines started by this command were stopped",
+    "start": "the machine was stopped again",
+    "reboot": "the machine runs on as it was if its shutdown had not begun, else it was stopped (see above)",
     "image": "no half-built image was kept",
 }
 
@@ -75,6 +77,22 @@ def parser() -> argparse.ArgumentParser:
     ssh.add_argument("name")
     ssh.add_argument("remote", nargs=argparse.REMAINDER, help="command to run")
 
+    stop = sub.add_parser("stop", help="stop a machine at once, as if its power were cut; its disk stays (see start)")
+    stop.add_argument("name")
+    start = sub.add_parser("start", help="boot a stopped machine again on its own disk, port and last kernel")
+    start.add_argument("name")
+    reboot = sub.add_parser(
+        "reboot", help="restart a running machine on its disk into the newest kernel installed inside it"
+    )
+    reboot.add_argument("name")
+    for command in (start, reboot):
+        command.add_argument(
+            "--timeout",
+            type=float,
+            default=DEFAULT_SSH_TIMEOUT,
+            help=f"seconds to wait for ssh (default: {DEFAULT_SSH_TIMEOUT:g})",
+        )
+
     image = sub.add_parser("image", help="build (or check) the base images only")
     image.add_argument("distros", nargs="*", default=list(DEFAULT_FLEET), help="default: " + " ".join(DEFAULT_FLEET))
     return p
@@ -107,16 +125,23 @@ def run(args: argparse.Namespace) -> int:
         for vm in vms:
             c = vm.config
             state = "running" if vm.running() else "stopped"
-            print(f"{vm.name:12} {state:8} {c.distro:9} kernel {c.kernel:18} ssh 127.0.0.1:{c.port} {c.accel}")
+            print(f"{vm.name:12} {state:8} {c.distro:9} kernel {c.kernel:20} ssh 127.0.0.1:{c.port} {c.accel}")
         return 0
     if args.command == "ssh":
-        vm = next((v for v in lab.vms() if v.name == args.name and v.running()), None)
-        if vm is None:
-            raise LabError(f"no running machine {args.name!r} in lab {lab.name}: see `python -m kmodlab status`")
+        vm = lab.machine(args.name, running=True)
         if not lab.ssh_config.is_file():  # a lab brought up before kmodlab wrote one
             lab.write_ssh_config()
         command = lab.ssh_command(vm, *args.remote)
         os.execvp(command[0], command)  # noqa: S606 (replace this process by ssh)
+    if args.command == "stop":
+        lab.stop(args.name)
+        return 0
+    if args.command == "start":
+        lab.start(args.name, args.timeout)
+        return 0
+    if args.command == "reboot":
+        lab.reboot(args.name, args.timeout)
+        return 0
     if args.command == "image":
         mirror = find_mirror()
         for name in args.distros:

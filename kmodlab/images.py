@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import time
 from dataclasses import dataclass
@@ -97,8 +98,31 @@ def newest_cached(distro: Distro, cache: Path) -> Image | None:
     return max(images, key=lambda image: image.meta["built"], default=None)
 
 
+def backing_file(overlay: Path) -> Path | None:
+    """The disk a qcow2 OVERLAY was made on (read from its header), or None if it is no overlay.
+
+    A relative name is relative to OVERLAY's directory, as QEMU takes it.
+    """
+    try:
+        with overlay.open("rb") as file:
+            header = file.read(20)
+            if len(header) < 20 or header[:4] != b"QFI\xfb":
+                return None
+            offset, size = struct.unpack(">QI", header[8:20])
+            if not offset or not 0 < size <= 1023:
+                return None
+            file.seek(offset)
+            name = file.read(size).decode(errors="surrogateescape")
+    except OSError:
+        return None
+    return overlay.parent / name  # an absolute name stays as it is
+
+
 def images_in_use(proc: Path = Path("/proc")) -> set[Path]:
-    """Image directories that a running QEMU boots from (its -kernel lies in one)."""
+    """Image directories that a running QEMU boots from: its -kernel lies in one, or its disk was made on one.
+
+    (A machine rebooted into a kernel installed inside it boots a kernel of its own, on a disk made on an image.)
+    """
     used = set()
     for cmdline in proc.glob("[0-9]*/cmdline"):
         try:
@@ -106,8 +130,13 @@ def images_in_use(proc: Path = Path("/proc")) -> set[Path]:
         except OSError:
             continue
         for flag, value in zip(args, args[1:], strict=False):
+            text = value.decode(errors="surrogateescape")
             if flag == b"-kernel":
-                used.add(Path(value.decode(errors="replace")).parent)
+                used.add(Path(text).parent)
+            elif flag == b"-drive" and text.startswith("file="):
+                disk = backing_file(Path(text.removeprefix("file=").split(",", 1)[0]))
+                if disk is not None:
+                    used.add(disk.parent)
     return used
 
 

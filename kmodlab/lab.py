@@ -1,4 +1,4 @@
-"""A lab's lifecycle: the machines of one lab, brought up and taken down together.
+"""A lab's lifecycle: the machines of one lab, brought up and taken down together; one stopped, started, rebooted.
 
 A lab lives in HOME/NAME (HOME is KMODLAB_HOME, else .lab in this repository):
 its ssh files (see kmodlab.ssh) and vms/NAME/ for each machine. The lab removes
@@ -7,10 +7,11 @@ only what it wrote there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kmodlab import LabError
@@ -26,6 +27,7 @@ from kmodlab.ssh import (
     SSH_CONFIG_FILE,
     SSH_USER,
     check_inventory_path,
+    close_connection_command,
     control_dir,
     ensure_key,
     inventory_text,
@@ -39,9 +41,11 @@ from kmodlab.vm import (
     DEFAULT_ACCEL,
     DEFAULT_CPUS,
     DEFAULT_MEMORY_MIB,
+    POWEROFF_TIMEOUT,
     Vm,
     VmConfig,
     choose_accel,
+    newest_kernel,
     pick_port,
 )
 
@@ -89,6 +93,28 @@ class Lab:
     def ssh_command(self, vm: Vm, *command: str) -> list[str]:
         return ssh_command(self.ssh_config, vm.config.port, *command)
 
+    def command(self, *words: str) -> str:
+        """A kmodlab command line for this lab, quoted for a message to the user."""
+        lab = "" if self.name == "default" else f" --lab {self.name}"
+        return f"`python -m kmodlab{lab} {' '.join(words)}`"
+
+    def machine(self, name: str, *, running: bool = True) -> Vm:
+        """Machine NAME, running (or with RUNNING false, stopped); else an error that says what to do."""
+        vm = next((v for v in self.vms() if v.name == name), None)
+        if vm is None:
+            raise LabError(
+                f"no machine {name!r} in lab {self.name}: see {self.command('status')}; "
+                f"{self.command('up', '--vm', name + '[=DISTRO]')} makes one"
+            )
+        if running and not vm.running():
+            raise LabError(f"{name} is not running: {self.command('start', name)} boots it again")
+        if not running and vm.running():
+            raise LabError(
+                f"{name} is already running, with ssh on {ADDRESS}:{vm.config.port} "
+                f"({self.command('stop', name)} stops it)"
+            )
+        return vm
+
     def instances(self) -> list[dict]:
         """Each running machine's connection details (the shape molecule's instance config uses)."""
         return [
@@ -107,7 +133,7 @@ class Lab:
 
     def write_inventory(self, path: Path) -> None:
         """Write the Ansible inventory of the running machines to PATH (never over a file the lab did not write)."""
-        write_inventory(path, inventory_text(self.name, self.instances(), self.ssh_config))
+        write_inventory(path, self.name, inventory_text(self.name, self.instances(), self.ssh_config))
         (self.dir / INVENTORY_RECORD).write_text(str(path) + "\n")
 
     def up(
@@ -126,7 +152,7 @@ class Lab:
         """
         distros = {spec.distro: get_distro(spec.distro) for spec in specs}
         if inventory is not None:
-            check_inventory_path(inventory)
+            check_inventory_path(inventory, self.name)
         existing = {vm.name: vm for vm in self.vms()}
         to_start = []
         for spec in specs:
@@ -164,6 +190,79 @@ class Lab:
                 self._write_known_hosts()
             raise
 
+    def stop(self, name: str) -> None:
+        """Stop machine NAME at once, as if its power were cut; its disk and files stay, for `start`.
+
+        Its known_hosts entry goes, and so does its shared ssh connection. The inventory is left
+        as it is (the machine keeps its port), so to Ansible the host has vanished.
+        """
+        vm = self.machine(name, running=True)
+        say(f"stopping {name}")
+        with interrupts_held():
+            vm.stop()
+            self._close_connection(vm)
+            self._write_known_hosts()
+        say(f"{name} is stopped; {self.command('start', name)} boots it again")
+
+    def start(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+        """Boot the stopped machine NAME again on its own disk, on its port and with its last kernel.
+
+        Waits until it answers on ssh and rewrites known_hosts, as `up` does. If this fails or
+        is interrupted, the machine is stopped again.
+        """
+        vm = self.machine(name, running=False)
+        image = vm.base_image()
+        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
+        self.write_ssh_config()
+        config = vm.config
+        say(f"booting {name} ({config.distro}, kernel {config.kernel}, {config.accel}) on its disk, port {config.port}")
+        try:
+            self._boot(vm, config, image, public_key, timeout)
+        except BaseException:
+            with interrupts_held():
+                vm.stop()
+                self._write_known_hosts()
+            raise
+
+    def reboot(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> str:
+        """Restart the running machine NAME into the newest kernel installed inside it; that kernel's release.
+
+        QEMU boots a kernel from the host, so the guest's newest kernel and its initrd are
+        copied into the machine's directory first (and are its kernel from then on). Then the
+        guest powers off cleanly and boots again on the same disk and port; this waits until it
+        answers on ssh and rewrites known_hosts, as `up` does.
+
+        If this fails or is interrupted before the guest is asked to power off, the machine runs
+        on as it was; after that it is stopped (rather than left half rebooted), and says so.
+        """
+        vm = self.machine(name, running=True)
+        image = vm.base_image()
+        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
+        self.write_ssh_config()
+        try:
+            release = self._copy_newest_kernel(vm)
+        except KeyboardInterrupt:
+            say(f"{name} was not rebooted: it runs on as it was")
+            raise
+        config = replace(vm.config, kernel=release)
+        say(f"rebooting {name} into kernel {release}")
+        try:
+            self._power_off(vm)
+            vm.adopt_kernel(config)
+            self._boot(vm, config, image, public_key, timeout)
+        except BaseException:
+            with interrupts_held():
+                vm.stop()
+                vm.discard_partial_kernel()
+                self._write_known_hosts()
+                say(f"stopped {name}, as its reboot did not complete; {self.command('start', name)} boots it again")
+            raise
+        booted = self._output(vm, "uname", "-r")
+        if booted != release:
+            raise LabError(f"{name} booted kernel {booted!r}, not {release}: see {vm.console_log}")
+        say(f"{name} runs kernel {release}")
+        return release
+
     def down(self) -> None:
         """Stop every machine of the lab and remove the files the lab wrote; anything else is left where it is."""
         vms_dir = self.dir / "vms"
@@ -182,10 +281,10 @@ class Lab:
         record = self.dir / INVENTORY_RECORD
         if record.is_file():
             inventory = Path(record.read_text().strip())
-            if written_by_kmodlab(inventory):
+            if written_by_kmodlab(inventory, self.name):
                 inventory.unlink()
             elif inventory.exists():
-                say(f"left {inventory}: it was not written by kmodlab (any more)")
+                say(f"left {inventory}: it was not written by this lab (any more)")
         for path in (self.known_hosts, self.ssh_config, record):
             path.unlink(missing_ok=True)
 
@@ -205,7 +304,7 @@ class Lab:
     def _start(
         self, vm: Vm, spec: VmSpec, image: Image, accel: str, cpus: int, memory_mib: int, public_key: str
     ) -> None:
-        taken = {v.config.port for v in self.vms() if v.running()}
+        taken = {v.config.port for v in self.vms() if v.name != spec.name}  # a stopped machine keeps its port
         port = FIRST_PORT
         for _attempt in range(5):
             port = pick_port(port, taken)
@@ -219,6 +318,92 @@ class Lab:
                     raise
                 taken.add(port)  # taken between our check and QEMU's bind: try the next one
         raise LabError(f"{spec.name}: could not bind an ssh port for QEMU")
+
+    def _boot(self, vm: Vm, config: VmConfig, image: Image, public_key: str, timeout: float) -> None:
+        """Start VM again on its own disk with CONFIG, wait for ssh, rewrite known_hosts (the caller cleans up)."""
+        try:
+            vm.start(config, image, public_key, keep_disk=True)
+        except LabError as err:
+            if "hostfwd" not in str(err) and "host forwarding" not in str(err):
+                raise
+            raise LabError(
+                f"{vm.name}: its ssh port {ADDRESS}:{config.port} is taken by another program now; "
+                f"free it, then run {self.command('start', vm.name)}"
+            ) from err
+        self._wait_for_ssh(vm, time.monotonic() + timeout)
+        self._write_known_hosts()
+
+    def _output(self, vm: Vm, *command: str) -> str:
+        """The output of COMMAND run on VM over ssh; an error if it fails."""
+        result = subprocess.run(
+            self.ssh_command(vm, *command), capture_output=True, text=True, stdin=subprocess.DEVNULL
+        )
+        if result.returncode != 0:
+            raise LabError(
+                f"`{' '.join(command)}` failed on {vm.name} (exit {result.returncode}): {result.stderr.strip()}"
+            )
+        return result.stdout.strip()
+
+    def _copy_newest_kernel(self, vm: Vm) -> str:
+        """Copy VM's newest installed kernel and its initrd out of the guest (Vm.partial_kernel); its release."""
+        names = self._output(vm, "ls", "-1", "/boot").split()
+        kernels = [n for n in names if n.startswith("vmlinuz-")]
+        if not kernels:
+            raise LabError(f"{vm.name} has no kernel in /boot (ls /boot: {' '.join(names)})")
+        release = newest_kernel(kernels)
+        if f"initrd.img-{release}" not in names:
+            raise LabError(
+                f"{vm.name}: its newest kernel {release} has no /boot/initrd.img-{release}; "
+                f"make one in the guest (update-initramfs -c -k {release}), then reboot"
+            )
+        try:
+            remotes = (f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}")
+            for remote, local in zip(remotes, vm.partial_kernel, strict=True):
+                with local.open("wb") as out:
+                    copy = subprocess.run(
+                        self.ssh_command(vm, "cat", remote),
+                        stdout=out,
+                        stderr=subprocess.PIPE,
+                        stdin=subprocess.DEVNULL,
+                    )
+                if copy.returncode != 0 or local.stat().st_size == 0:
+                    stderr = copy.stderr.decode(errors="replace").strip()
+                    raise LabError(f"could not copy {remote} out of {vm.name} (exit {copy.returncode}): {stderr}")
+        except BaseException:
+            with interrupts_held():
+                vm.discard_partial_kernel()
+            raise
+        return release
+
+    def _power_off(self, vm: Vm) -> None:
+        """Shut VM's guest down cleanly; its QEMU (run with -no-reboot) ends, or is stopped after POWEROFF_TIMEOUT."""
+        say(f"shutting {vm.name} down")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            result = subprocess.run(
+                self.ssh_command(vm, "systemctl", "poweroff"),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=30,
+            )
+            if result.returncode not in (0, 255):  # 255: the connection went down with the machine
+                say(f"systemctl poweroff on {vm.name}: exit {result.returncode}: {result.stderr.strip()}")
+        if not vm.wait_stopped(POWEROFF_TIMEOUT):
+            say(f"{vm.name} did not power off in {POWEROFF_TIMEOUT:g}s: stopping its qemu")
+            vm.stop()
+        self._close_connection(vm)
+        self._write_known_hosts()
+
+    def _close_connection(self, vm: Vm) -> None:
+        """End the shared ssh connection to VM, if any (best effort): the next ssh connects anew."""
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            subprocess.run(
+                close_connection_command(self.ssh_config, vm.config.port),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=10,
+            )
 
     def _wait_for_ssh(self, vm: Vm, deadline: float) -> None:
         say(f"waiting for ssh on {vm.name}")

@@ -117,10 +117,12 @@ def mirror_kernel(mirror: str, suite: str, cache: Path) -> str | None:
         return None
     index_hash = packages_index_hash(inrelease)
     memo = cache / "mirror" / f"{suite}-{index_hash}.kernel"
-    if memo.is_file():
+    if memo.is_file() and memo.read_text().strip():
         return memo.read_text().strip()
     packages = lzma.decompress(_fetch(f"{mirror}/dists/{suite}/main/binary-amd64/Packages.xz")).decode()
     kernel = kernel_in_packages(packages)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(kernel + "\n")
+    partial = memo.with_suffix(".partial")
+    partial.write_text(kernel + "\n")
+    partial.replace(memo)  # whole or not at all, even when interrupted
     return kernel

@@ -96,6 +96,8 @@ def ssh_config_text(key: Path, known_hosts: Path, control: Path) -> str:
     """The lab's ssh client config: its own known_hosts, checked; its key only; one shared connection per machine.
 
     A new ssh connection costs seconds against an emulated machine, hence the control sockets.
+    A machine that vanishes (stopped, or hung) drops its connections after about 15 s of silence
+    (ServerAlive*), rather than leaving them, and everything multiplexed on them, waiting.
     """
     return "\n".join(
         [
@@ -108,6 +110,8 @@ def ssh_config_text(key: Path, known_hosts: Path, control: Path) -> str:
             f"    User {SSH_USER}",
             "    BatchMode yes",
             "    ConnectTimeout 10",
+            "    ServerAliveInterval 5",
+            "    ServerAliveCountMax 3",
             "    ControlMaster auto",
             "    ControlPersist 120s",
             f"    ControlPath {_value(control)}/%C",
@@ -119,6 +123,11 @@ def ssh_config_text(key: Path, known_hosts: Path, control: Path) -> str:
 def ssh_command(config: Path, port: int, *command: str) -> list[str]:
     """ssh to the machine on PORT with the lab's ssh_config CONFIG, running COMMAND (a shell without)."""
     return ["ssh", "-q", "-F", str(config), "-p", str(port), ADDRESS, *command]
+
+
+def close_connection_command(config: Path, port: int) -> list[str]:
+    """ssh -O exit: end the shared connection (control master) to the machine on PORT, if there is one."""
+    return ["ssh", "-q", "-F", str(config), "-O", "exit", "-p", str(port), ADDRESS]
 
 
 def inventory_data(hosts: list[dict], ssh_config: Path) -> dict:
@@ -133,6 +142,8 @@ def inventory_data(hosts: list[dict], ssh_config: Path) -> dict:
                             "ansible_port": h["port"],
                             "ansible_user": h["user"],
                             "ansible_ssh_common_args": f"-F {shlex.quote(str(ssh_config))}",
+                            # No options of Ansible's own (its ControlPath, ControlPersist): ssh_config has them.
+                            "ansible_ssh_args": "",
                             "ansible_python_interpreter": "/usr/bin/python3",
                         }
                         for h in hosts
@@ -144,30 +155,34 @@ def inventory_data(hosts: list[dict], ssh_config: Path) -> dict:
 
 
 def inventory_text(lab_name: str, hosts: list[dict], ssh_config: Path) -> str:
-    header = f"{INVENTORY_HEADER} (`python -m kmodlab up --lab {lab_name}`); rewritten on each up, removed by down.\n"
+    header = f"{header_of(lab_name)}; rewritten on each up, removed by down.\n"
     return header + yaml.safe_dump(inventory_data(hosts, ssh_config), sort_keys=False)
 
 
-def written_by_kmodlab(path: Path) -> bool:
-    """Whether the file at PATH is an inventory the lab wrote (its first line is the lab's header)."""
+def written_by_kmodlab(path: Path, lab_name: str) -> bool:
+    """Whether the file at PATH is an inventory lab LAB_NAME wrote (its first line is that lab's header)."""
     try:
         with path.open(errors="replace") as file:
             first = file.readline()
     except OSError:
         return False
-    return first.startswith((INVENTORY_HEADER, OLD_INVENTORY_HEADER))
+    return first.startswith(header_of(lab_name)) or first.startswith(OLD_INVENTORY_HEADER + f" --lab {lab_name}`")
 
 
-def check_inventory_path(path: Path) -> None:
-    """Refuse to write an inventory over a file the lab did not write."""
-    if (path.exists() or path.is_symlink()) and not (path.is_file() and written_by_kmodlab(path)):
+def header_of(lab_name: str) -> str:
+    return f"{INVENTORY_HEADER} (`python -m kmodlab up --lab {lab_name}`)"
+
+
+def check_inventory_path(path: Path, lab_name: str) -> None:
+    """Refuse to write an inventory over a file this lab did not write."""
+    if (path.exists() or path.is_symlink()) and not (path.is_file() and written_by_kmodlab(path, lab_name)):
         raise LabError(
-            f"{path} exists and was not written by kmodlab, so it is left as it is: "
+            f"{path} exists and was not written by this lab ({lab_name}) of kmodlab, so it is left as it is: "
             "choose another path with --inventory (or --inventory none), or move that file away"
         )
 
 
-def write_inventory(path: Path, text: str) -> None:
-    check_inventory_path(path)
+def write_inventory(path: Path, lab_name: str, text: str) -> None:
+    check_inventory_path(path, lab_name)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

@@ -1,9 +1,14 @@
-"""One lab machine's life: overlay disk, QEMU command line and process, serial log, stop; and the KVM probe boot."""
+"""One lab machine's life: overlay disk, kernel, QEMU command line and process, serial log, stop; the KVM probe boot.
+
+A machine boots the kernel and initrd of its base image, or, once `reboot` has copied
+a kernel installed inside the guest into its directory, that kernel (see boot_files).
+"""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import re
@@ -12,11 +17,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kmodlab import LabError, require_tool
-from kmodlab.images import Image
+from kmodlab.images import Image, backing_file
 from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 
@@ -28,6 +34,8 @@ ACCELS = ("auto", "kvm", "tcg")
 PROBE_MEMORY_MIB = 1024
 PROBE_TIMEOUT = 90.0
 HOSTKEY_LINE = re.compile(r"KMODLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
+POWEROFF_TIMEOUT = 60.0
+KERNEL_RELEASE = re.compile(r"[0-9][A-Za-z0-9.+~_-]*")
 
 
 @dataclass
@@ -65,15 +73,17 @@ def pick_port(preferred: int, taken: set[int], is_free=port_is_free, tries: int 
 
 def qemu_command(
     config: VmConfig,
-    image: Image,
+    kernel: Path,
+    initrd: Path,
     vm_dir: Path,
     public_key: str = "",
     *,
     daemonize: bool = True,
     poweroff: bool = False,
 ) -> list[str]:
-    """The QEMU command line that boots one machine from its image's kernel and its overlay in VM_DIR.
+    """The QEMU command line that boots one machine from KERNEL and INITRD, with its overlay in VM_DIR.
 
+    KERNEL and INITRD are its image's, or the machine's own copies (Vm.boot_files says which).
     PUBLIC_KEY becomes root's authorized key; DAEMONIZE puts QEMU in the background;
     POWEROFF boots to poweroff.target, so that the machine stops by itself (the probe boot).
     """
@@ -96,8 +106,8 @@ def qemu_command(
         "-no-user-config",
         "-display", "none",
         "-no-reboot",
-        "-kernel", str(image.kernel),
-        "-initrd", str(image.initrd),
+        "-kernel", str(kernel),
+        "-initrd", str(initrd),
         "-append", " ".join(append),
         "-drive", f"file={vm_dir / 'overlay.qcow2'},if=virtio,format=qcow2",
         "-netdev", netdev,
@@ -107,6 +117,75 @@ def qemu_command(
         "-pidfile", str(vm_dir / "qemu.pid"),
         *(["-daemonize"] if daemonize else []),
     ]  # fmt: skip
+
+
+def _order(char: str) -> int:
+    """A character's weight in Debian's version order: ~ first, then the end, letters, other characters."""
+    if char == "~":
+        return -1
+    if char.isascii() and char.isalpha():
+        return ord(char)
+    return ord(char) + 256
+
+
+def _is_digit(text: str, i: int) -> bool:
+    return i < len(text) and text[i] in "0123456789"
+
+
+def compare_versions(a: str, b: str) -> int:
+    """Negative, zero or positive as version A is older than, equal to or newer than B, in Debian's order.
+
+    dpkg's comparison of two version parts (verrevcmp): runs of non-digits compare
+    character by character (~ before everything, even the end; letters before other
+    characters), runs of digits compare as numbers. So 6.1.0-9 < 6.1.0-50 < 6.12.48+deb12.
+    """
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and not _is_digit(a, i)) or (j < len(b) and not _is_digit(b, j)):
+            ac = _order(a[i]) if i < len(a) and not _is_digit(a, i) else 0
+            bc = _order(b[j]) if j < len(b) and not _is_digit(b, j) else 0
+            if ac != bc:
+                return ac - bc
+            i, j = i + 1, j + 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        first_difference = 0
+        while _is_digit(a, i) and _is_digit(b, j):
+            first_difference = first_difference or ord(a[i]) - ord(b[j])
+            i, j = i + 1, j + 1
+        if _is_digit(a, i):
+            return 1
+        if _is_digit(b, j):
+            return -1
+        if first_difference:
+            return first_difference
+    return 0
+
+
+def kernel_release(name: str) -> str | None:
+    """The release of a kernel file name (vmlinuz-RELEASE, with or without its directory), or of a bare release.
+
+    None for anything else: other files of /boot (initrd.img-*, config-*), and kernels dpkg is
+    unpacking or has set aside (vmlinuz-RELEASE.dpkg-new, .dpkg-old, ...).
+    """
+    release = name.strip().rsplit("/", 1)[-1].removeprefix("vmlinuz-")
+    if ".dpkg-" in release or not KERNEL_RELEASE.fullmatch(release):
+        return None
+    return release
+
+
+def newest_kernel(names: Iterable[str]) -> str:
+    """The newest kernel release among NAMES (vmlinuz-RELEASE files of a guest's /boot, or bare releases).
+
+    Newest in Debian's version order (like `sort -V`): 6.1.0-9-amd64 < 6.1.0-50-amd64 < 6.12.48+deb12-amd64.
+    """
+    names = list(names)
+    releases = [r for r in map(kernel_release, names) if r]
+    if not releases:
+        raise LabError(f"no kernel (vmlinuz-RELEASE) among {names}")
+    return max(releases, key=functools.cmp_to_key(compare_versions))
 
 
 def create_overlay(image: Image, overlay: Path) -> None:
@@ -145,9 +224,16 @@ def _signal(pids: list[int], signum: int) -> None:
 
 
 class Vm:
-    """A lab machine whose files live in its directory: the FILES the lab writes there, and nothing else."""
+    """A lab machine whose files live in its directory: the FILES the lab writes there, and nothing else.
 
-    FILES = ("vm.json", "overlay.qcow2", "console.log", "qemu.pid")
+    vmlinuz and initrd.img are the machine's own kernel, copied out of the guest by a reboot;
+    while they are there, the machine boots them instead of its image's (on the same disk).
+    """
+
+    FILES = (
+        "vm.json", "overlay.qcow2", "console.log", "qemu.pid",
+        "vmlinuz", "initrd.img", "vmlinuz.partial", "initrd.img.partial",
+    )  # fmt: skip
 
     def __init__(self, vm_dir: Path):
         self.dir = vm_dir
@@ -161,8 +247,25 @@ class Vm:
         return self.dir / "console.log"
 
     @property
+    def overlay(self) -> Path:
+        return self.dir / "overlay.qcow2"
+
+    @property
+    def own_kernel(self) -> tuple[Path, Path]:
+        """Where the machine's own kernel and initrd are kept (they may not be there)."""
+        return self.dir / "vmlinuz", self.dir / "initrd.img"
+
+    @property
+    def partial_kernel(self) -> tuple[Path, Path]:
+        """Where a kernel and initrd being copied out of the guest are written, before they become its own."""
+        return self.dir / "vmlinuz.partial", self.dir / "initrd.img.partial"
+
+    @property
     def config(self) -> VmConfig:
         return VmConfig(**json.loads((self.dir / "vm.json").read_text()))
+
+    def write_config(self, config: VmConfig) -> None:
+        (self.dir / "vm.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
 
     def pids(self) -> list[int]:
         return qemu_pids(self.dir)
@@ -170,22 +273,76 @@ class Vm:
     def running(self) -> bool:
         return bool(self.pids())
 
-    def start(self, config: VmConfig, image: Image, public_key: str) -> None:
-        """Create the overlay on the image and start QEMU in the background."""
+    def boot_files(self, image: Image) -> tuple[Path, Path]:
+        """The kernel and initrd the machine boots: its own when it has both, else IMAGE's."""
+        kernel, initrd = self.own_kernel
+        if kernel.is_file() and initrd.is_file():
+            return kernel, initrd
+        return image.kernel, image.initrd
+
+    def base_image(self) -> Image:
+        """The image the machine's disk was made on (the backing file of its overlay), which must still be there."""
+        if not self.overlay.is_file():
+            raise LabError(f"{self.name} has no disk ({self.overlay}): `down`, then `up`, make it anew")
+        disk = backing_file(self.overlay)
+        if disk is None or not disk.is_file():
+            raise LabError(
+                f"{self.name}: the base image its disk was made on ({disk}) is gone, as a newer image replaced it: "
+                "`down`, then `up`, make the machine anew"
+            )
+        return Image(disk.parent)
+
+    def start(self, config: VmConfig, image: Image, public_key: str, *, keep_disk: bool = False) -> None:
+        """Start QEMU in the background: on a new overlay of IMAGE, or with KEEP_DISK on the overlay the machine has.
+
+        A new overlay boots the image's kernel (the machine's own kernel, made for the old disk, goes);
+        on a kept disk the machine boots its own kernel if it has one. The serial log starts empty,
+        so that the host key read from it is this boot's.
+        """
         require_tool(QEMU, "qemu-system-x86")
-        require_tool("qemu-img", "qemu-utils")
+        if keep_disk and not self.overlay.is_file():
+            raise LabError(f"{self.name} has no disk ({self.overlay}) to boot again: `down`, then `up`, make it anew")
+        if not keep_disk:
+            require_tool("qemu-img", "qemu-utils")
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "vm.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-        create_overlay(image, self.dir / "overlay.qcow2")
+        self.write_config(config)
+        if not keep_disk:
+            for path in (*self.own_kernel, *self.partial_kernel):
+                path.unlink(missing_ok=True)
+            create_overlay(image, self.overlay)
         self.console_log.write_text("")
+        kernel, initrd = self.boot_files(image)
         result = subprocess.run(
-            qemu_command(config, image, self.dir, public_key),
+            qemu_command(config, kernel, initrd, self.dir, public_key),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:
             raise LabError(f"{self.name}: qemu did not start: {result.stderr.strip()}")
+
+    def adopt_kernel(self, config: VmConfig) -> None:
+        """Make the copied kernel and initrd (partial_kernel) the machine's own, and CONFIG (its kernel) its record.
+
+        Not cut short by an interrupt: kernel, initrd and vm.json change together.
+        """
+        with interrupts_held():
+            for partial, own in zip(self.partial_kernel, self.own_kernel, strict=True):
+                partial.replace(own)
+            self.write_config(config)
+
+    def discard_partial_kernel(self) -> None:
+        for path in self.partial_kernel:
+            path.unlink(missing_ok=True)
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait up to TIMEOUT seconds for the machine's QEMU to end by itself; whether it has."""
+        deadline = time.monotonic() + timeout
+        while self.running():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -256,8 +413,8 @@ def probe_accel(image: Image, cache: Path, timeout: float = PROBE_TIMEOUT) -> bo
     config = VmConfig("kmodlab-probe", meta["distro"], 0, "kvm", meta["kernel"], 1, PROBE_MEMORY_MIB)
     ok = False
     try:
-        create_overlay(image, probe.dir / "overlay.qcow2")
-        command = qemu_command(config, image, probe.dir, daemonize=False, poweroff=True)
+        create_overlay(image, probe.overlay)
+        command = qemu_command(config, image.kernel, image.initrd, probe.dir, daemonize=False, poweroff=True)
         stderr_log = probe.dir / "stderr.log"
         with stderr_log.open("w") as err:
             proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)

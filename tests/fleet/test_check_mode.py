@@ -14,6 +14,7 @@ import re
 import pytest
 from fleet_helpers import BUILD_ROOT, hosts_under_test, module_version, run_playbook
 
+pytestmark = pytest.mark.redeploy
 FOREIGN = "/root/kmodlab-foreign-build"
 
 

@@ -66,11 +66,21 @@ def test_proc_entry_is_gone(host, removed, name):
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_installed_files_are_gone(host, removed, name):
-    """No .ko under updates/, no sources, and modprobe no longer finds the module."""
-    release = host.check_output("uname -r")
-    assert not host.file(f"/lib/modules/{release}/updates/{name}.ko").exists
+    """No .ko under updates/ of any kernel, no kept copy, no boot entry, no sources; modprobe finds nothing."""
+    assert host.run(f"ls /lib/modules/*/updates/{name}.ko /var/lib/kmodlab/kept/*/{name}.ko").stdout == ""
+    assert not host.file(f"/etc/kmodlab/autoload.d/{name}.json").exists
     assert not host.file(f"{BUILD_ROOT}/{name}").exists
     assert host.run(f"modinfo {name}").rc != 0
+
+
+def test_nothing_loads_at_boot_any_more(host, removed):
+    """The boot unit, its enablement and its script are gone with the last module."""
+    for path in (
+        "/etc/systemd/system/kmodlab-modules.service",
+        "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.service",
+        "/usr/local/sbin/kmodlab-modules",
+    ):
+        assert not host.file(path).exists, path
 
 
 def test_part1_files_are_gone(host, removed):

@@ -7,8 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-KERNEL_MODULES = ["my_timer", "hello"]
+# The modules deploy.yml deploys by default (roles/kmodlab/defaults/main.yml), each in module_src/<name>/.
+KERNEL_MODULES = [
+    m["name"]
+    for m in yaml.safe_load((Path(__file__).resolve().parents[2] / "roles/kmodlab/defaults/main.yml").read_text())[
+        "kmodlab_modules"
+    ]
+]
 
 
 def modinfo(ko: Path) -> dict[str, str]:

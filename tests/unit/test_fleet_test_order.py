@@ -16,6 +16,9 @@ def collected_order(tmp_path: Path, *options: str) -> list[str]:
         "import pytest\npytestmark = pytest.mark.removal\ndef test_removed(): pass\n"
     )
     (tmp_path / "test_b_state.py").write_text("def test_deployed(): pass\n")
+    (tmp_path / "test_b_redeploy.py").write_text(
+        "import pytest\npytestmark = pytest.mark.redeploy\ndef test_redeployed(): pass\n"
+    )
     (tmp_path / "test_c_more.py").write_text("def test_more(): pass\n")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *options, str(tmp_path)],
@@ -24,9 +27,15 @@ def collected_order(tmp_path: Path, *options: str) -> list[str]:
     return [line.split("::")[-1] for line in out.stdout.splitlines() if "::" in line]
 
 
-def test_removal_tests_run_last_even_when_their_file_sorts_first(tmp_path):
-    assert collected_order(tmp_path, "--removal") == ["test_deployed", "test_more", "test_removed"]
+def test_opt_in_tests_run_last_in_their_order_whatever_their_file_names(tmp_path):
+    assert collected_order(tmp_path, "--removal", "--redeploy") == [
+        "test_deployed",
+        "test_more",
+        "test_redeployed",
+        "test_removed",
+    ]
 
 
-def test_removal_tests_are_left_out_without_the_option(tmp_path):
+def test_opt_in_tests_are_left_out_without_their_option(tmp_path):
     assert collected_order(tmp_path) == ["test_deployed", "test_more"]
+    assert collected_order(tmp_path, "--removal") == ["test_deployed", "test_more", "test_removed"]

@@ -37,7 +37,7 @@ def test_up_refuses_an_inventory_it_did_not_write_before_anything_else(tmp_path,
     foreign.write_text(FOREIGN)
     assert main(["up", "--vm", "debian12", "--inventory", str(foreign)]) == 1
     err = capsys.readouterr().err
-    assert f"{foreign} exists and was not written by kmodlab" in err
+    assert f"{foreign} exists and was not written by this lab" in err
     assert "choose another path" in err
     assert foreign.read_text() == FOREIGN
     assert not home.exists()
@@ -46,7 +46,7 @@ def test_up_refuses_an_inventory_it_did_not_write_before_anything_else(tmp_path,
 def test_up_rewrites_an_inventory_it_wrote(short_tmp, no_boot):
     """A file that starts with the lab's header is the lab's: up writes it anew (with -F to the ssh_config)."""
     inventory = short_tmp / "lab.yml"
-    inventory.write_text(f"{INVENTORY_HEADER} (an older up)\nall: {{}}\n")
+    inventory.write_text(f"{INVENTORY_HEADER} (`python -m kmodlab up --lab t`); an older up\nall: {{}}\n")
     lab = Lab("t", home=short_tmp)
     lab.up([], inventory=inventory)
     text = inventory.read_text()

@@ -31,6 +31,8 @@ def test_ssh_config_has_every_option(short_tmp):
         "User root",
         "BatchMode yes",
         "ConnectTimeout 10",
+        "ServerAliveInterval 5",
+        "ServerAliveCountMax 3",
         "ControlMaster auto",
         "ControlPersist 120s",
         f"ControlPath {short_tmp}/%C",
@@ -57,6 +59,8 @@ def test_ssh_reads_the_config_as_meant(short_tmp):
         f"identityfile {short_tmp / 'id_ed25519'}",
         "controlmaster auto",
         "controlpersist 120",
+        "serveraliveinterval 5",
+        "serveralivecountmax 3",
     ):
         assert line in evaluated
     control = next(line.split(" ", 1)[1] for line in evaluated if line.startswith("controlpath "))
@@ -122,17 +126,20 @@ def test_inventory_puts_each_host_in_group_lab_reached_with_the_ssh_config(tmp_p
     assert "ansible_ssh_private_key_file" not in lab["debian12"]  # IdentityFile is in the ssh_config
 
 
-def test_only_a_file_with_the_header_counts_as_written_by_kmodlab(tmp_path):
+def test_only_a_file_with_this_labs_header_counts_as_written_by_it(tmp_path):
     ours, old, theirs = tmp_path / "ours.yml", tmp_path / "old.yml", tmp_path / "theirs.yml"
     ours.write_text(ssh.inventory_text("t", [], tmp_path / "ssh_config"))
-    old.write_text("# Written by `python -m kmodlab up --lab default`; rewritten on each up, removed by down.\n")
+    old.write_text("# Written by `python -m kmodlab up --lab t`; rewritten on each up, removed by down.\n")
     theirs.write_text("all:\n  hosts: {}\n# Written by kmodlab\n")
-    assert ssh.written_by_kmodlab(ours) and ssh.written_by_kmodlab(old)
-    assert not ssh.written_by_kmodlab(theirs)
-    assert not ssh.written_by_kmodlab(tmp_path / "missing.yml")
-    ssh.check_inventory_path(ours)
-    ssh.check_inventory_path(tmp_path / "missing.yml")
-    with pytest.raises(LabError, match="not written by kmodlab"):
-        ssh.check_inventory_path(theirs)
-    with pytest.raises(LabError, match="not written by kmodlab"):
-        ssh.check_inventory_path(tmp_path)  # a directory
+    assert ssh.written_by_kmodlab(ours, "t") and ssh.written_by_kmodlab(old, "t")
+    assert not ssh.written_by_kmodlab(ours, "other")  # another lab's inventory is not ours either
+    assert not ssh.written_by_kmodlab(theirs, "t")
+    assert not ssh.written_by_kmodlab(tmp_path / "missing.yml", "t")
+    ssh.check_inventory_path(ours, "t")
+    ssh.check_inventory_path(tmp_path / "missing.yml", "t")
+    with pytest.raises(LabError, match="not written by this lab"):
+        ssh.check_inventory_path(theirs, "t")
+    with pytest.raises(LabError, match="not written by this lab"):
+        ssh.check_inventory_path(ours, "other")
+    with pytest.raises(LabError, match="not written by this lab"):
+        ssh.check_inventory_path(tmp_path, "t")  # a directory

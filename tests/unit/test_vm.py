@@ -36,10 +36,12 @@ def test_pick_port_gives_up_with_a_clear_error():
 def test_qemu_command_boots_the_image_kernel_with_forwarded_ssh(tmp_path):
     """The command boots kernel+initrd, forwards 127.0.0.1:PORT to 22, logs the serial console and daemonizes."""
     config = VmConfig("debian12", "debian12", 2299, "tcg", "6.1.0-50-amd64")
-    cmd = qemu_command(config, Image(tmp_path / "img"), tmp_path / "vm", "ssh-ed25519 AAAA key")
+    image = Image(tmp_path / "img")
+    cmd = qemu_command(config, image.kernel, image.initrd, tmp_path / "vm", "ssh-ed25519 AAAA key")
     joined = " ".join(cmd)
     assert "hostfwd=tcp:127.0.0.1:2299-:22" in joined
     assert cmd[cmd.index("-kernel") + 1] == str(tmp_path / "img" / "vmlinuz")
+    assert cmd[cmd.index("-initrd") + 1] == str(tmp_path / "img" / "initrd.img")
     assert cmd[cmd.index("-accel") + 1] == "tcg,thread=multi"
     assert f"file:{tmp_path / 'vm' / 'console.log'}" in cmd
     assert "-daemonize" in cmd
@@ -51,14 +53,14 @@ def test_qemu_command_boots_the_image_kernel_with_forwarded_ssh(tmp_path):
 
 def test_qemu_command_uses_kvm_only_when_chosen(tmp_path):
     config = VmConfig("a", "debian12", 2222, "kvm", "k")
-    cmd = qemu_command(config, Image(tmp_path), tmp_path, "k")
+    cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd.img", tmp_path, "k")
     assert cmd[cmd.index("-accel") + 1] == "kvm"
 
 
 def test_qemu_command_for_a_probe_boot_powers_off_in_the_foreground(tmp_path):
     """poweroff boots to poweroff.target; without daemonize QEMU stays in the foreground; port 0 forwards nothing."""
     config = VmConfig("p", "debian12", 0, "kvm", "k", cpus=1, memory_mib=1024)
-    cmd = qemu_command(config, Image(tmp_path), tmp_path, daemonize=False, poweroff=True)
+    cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd.img", tmp_path, daemonize=False, poweroff=True)
     assert "systemd.unit=poweroff.target" in cmd[cmd.index("-append") + 1].split()
     assert "-daemonize" not in cmd
     assert "hostfwd" not in " ".join(cmd)
@@ -85,8 +87,8 @@ def fake_qemu(monkeypatch):
     calls = []
 
     def use(script: str):
-        def wrapped(config, image, vm_dir, public_key="", **flags):
-            calls.append((config, flags, qemu_command(config, image, vm_dir, public_key, **flags)))
+        def wrapped(config, kernel, initrd, vm_dir, public_key="", **flags):
+            calls.append((config, flags, qemu_command(config, kernel, initrd, vm_dir, public_key, **flags)))
             return ["sh", "-c", script.format(dir=vm_dir)]
 
         monkeypatch.setattr(vm, "qemu_command", wrapped)
@@ -106,6 +108,7 @@ def test_probe_boots_with_the_machines_command_line_and_remembers(tmp_path, prob
     assert config.accel == "kvm"
     assert flags == {"daemonize": False, "poweroff": True}
     assert "systemd.unit=poweroff.target" in command[command.index("-append") + 1]
+    assert command[command.index("-kernel") + 1] == str(probe_image.kernel)
     assert vm.probe_accel(probe_image, tmp_path / "cache") is True
     assert len(calls) == 1
     assert not (tmp_path / "cache" / "accel-probe").exists()

@@ -9,11 +9,15 @@ from __future__ import annotations
 # Steps, in the order a plan carries them out.
 WRITE = "write sources"
 BUILD = "build"
+KEEP = "keep the installed module for rollback"
 INSTALL = "install and run depmod"
 DEPMOD = "run depmod"
 UNLOAD = "unload"
 LOAD = "load"
-REMOVE_INSTALLED = "remove the installed module and run depmod"
+PERSIST = "load at boot"
+UNPERSIST = "no longer load at boot"
+REMOVE_INSTALLED = "remove the installed modules of every kernel and run depmod"
+REMOVE_KEPT = "remove the kept modules"
 REMOVE_SOURCES = "remove the sources and build"
 
 
@@ -38,19 +42,28 @@ class Observed(object):
         refcnt="0",
         holders=(),
         build_dir_exists=False,
+        kept=None,
+        persisted=False,
+        installed_elsewhere=(),
+        kept_any=False,
     ):
         self.kernel = kernel
         self.sources_current = sources_current
         self.built_for = built_for  # the kernel the build in build_dir was made for
         self.built = built  # sha256 of the built .ko, None when there is none
-        self.installed = installed  # sha256 of the installed .ko, None when there is none
+        self.installed = installed  # sha256 of the installed .ko of the running kernel, None when there is none
         self.in_depmod = in_depmod  # modules.dep lists the installed .ko
         self.loaded = loaded
+        # Which build is loaded and which is installed (build-id, or srcversion where there is none).
         self.loaded_srcversion = loaded_srcversion
         self.installed_srcversion = installed_srcversion
         self.refcnt = refcnt
         self.holders = tuple(holders)
         self.build_dir_exists = build_dir_exists
+        self.kept = kept  # sha256 of the module kept for rollback (running kernel), None when there is none
+        self.persisted = persisted  # the boot-time loader has this module's entry, as it should be
+        self.installed_elsewhere = tuple(installed_elsewhere)  # other kernels with an installed copy
+        self.kept_any = kept_any  # a kept module of any kernel exists
 
     @property
     def busy(self):
@@ -65,14 +78,20 @@ def refuse_if_busy(name, observed):
         )
 
 
-def plan_present(name, observed):
-    """The steps that bring NAME to built, installed, indexed and loaded from the current sources."""
+def plan_present(name, observed, persist=True):
+    """The steps that bring NAME to built, installed, indexed and loaded from the current sources.
+
+    The installed module is kept before it is replaced, so that a release that fails to load or
+    to pass its check can be rolled back to it.
+    """
     steps = []
     if not observed.sources_current:
         steps.append(WRITE)
     if WRITE in steps or observed.built_for != observed.kernel or observed.built is None:
         steps.append(BUILD)
     if BUILD in steps or observed.built != observed.installed:
+        if observed.installed is not None and observed.kept != observed.installed:
+            steps.append(KEEP)
         steps.append(INSTALL)
     elif not observed.in_depmod:
         steps.append(DEPMOD)
@@ -83,17 +102,25 @@ def plan_present(name, observed):
             steps.append(UNLOAD)
     if UNLOAD in steps or not observed.loaded:
         steps.append(LOAD)
+    if persist and not observed.persisted:
+        steps.append(PERSIST)
+    elif not persist and observed.persisted:
+        steps.append(UNPERSIST)
     return steps
 
 
 def plan_absent(name, observed):
-    """The steps that take NAME off the host: unloaded, installed file gone, sources gone."""
+    """The steps that take NAME off the host: unloaded, no installed or kept copy of any kernel, no boot entry."""
     steps = []
     if observed.loaded:
         refuse_if_busy(name, observed)
         steps.append(UNLOAD)
-    if observed.installed is not None:
+    if observed.persisted:
+        steps.append(UNPERSIST)
+    if observed.installed is not None or observed.installed_elsewhere:
         steps.append(REMOVE_INSTALLED)
+    if observed.kept_any:
+        steps.append(REMOVE_KEPT)
     if observed.build_dir_exists:
         steps.append(REMOVE_SOURCES)
     return steps

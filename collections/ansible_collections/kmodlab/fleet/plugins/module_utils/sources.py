@@ -77,7 +77,7 @@ def source_diffs(dest, files):
     for name in sorted(set(files) | old_names):
         path = os.path.join(dest, name)
         try:
-            with open(path) as handle:
+            with open(path, encoding="utf-8", newline="") as handle:  # CRLF sources compare as written
                 before = handle.read()
         except (OSError, UnicodeDecodeError):
             before = ""
@@ -103,7 +103,7 @@ def write_sources(dest, files):
     try:
         os.chmod(work, 0o755)
         for name, text in files.items():
-            with open(os.path.join(work, name), "w", encoding="utf-8") as handle:
+            with open(os.path.join(work, name), "w", encoding="utf-8", newline="") as handle:
                 handle.write(text)
         with open(os.path.join(work, MANIFEST), "w") as handle:
             json.dump({"files": sorted(files), "digest": digest(files)}, handle, indent=2, sort_keys=True)

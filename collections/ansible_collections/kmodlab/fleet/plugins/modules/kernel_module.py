@@ -14,7 +14,16 @@ description:
     the sources or the kernel changed, installs the C(.ko) under C(/lib/modules/<release>/updates/), runs
     depmod, loads the module (reloading it when the installed file changed, or when another build of it
     is loaded) and checks that it is in C(/proc/modules) and that its /proc entry answers.
-  - With O(state=absent), unloads the module, removes the installed file and the sources and runs depmod.
+  - Before an installed module is replaced it is kept (C(/var/lib/kmodlab/kept/<release>/)). A release that
+    fails to build, install, load or pass its check is rolled back - the kept module is installed and
+    loaded again and checked, or, when there was none, no module is left - and the task fails with a
+    message that starts C(rolled back) and gives the reason. The outcome is recorded for
+    M(kmodlab.fleet.module_status).
+  - With O(persist=true) the module is loaded at boot by C(kmodlab-modules.service), which first builds
+    it from the kept sources when the running kernel has none (a kernel upgrade).
+  - Build, modprobe, rmmod and the read of O(proc_entry) run under time limits; hitting one fails the step.
+  - With O(state=absent), unloads the module and removes the installed modules of every kernel, the kept
+    modules, the boot entry and the sources, and runs depmod.
   - A module that is in use is refused, in check mode too, before anything is changed. Bad source file
     names, sources that are not UTF-8 and a symbolic link at O(build_dir) are refused the same way.
 options:
@@ -39,6 +48,22 @@ options:
   proc_entry:
     description: A file the loaded module provides (for example C(/proc/timer)); checked after loading.
     type: path
+  persist:
+    description: Load the module at boot (and build it for a newly booted kernel).
+    type: bool
+    default: true
+  build_timeout:
+    description: Seconds the build may take.
+    type: int
+    default: 600
+  load_timeout:
+    description: Seconds one modprobe or rmmod may take.
+    type: int
+    default: 60
+  check_timeout:
+    description: Seconds the read of O(proc_entry) may take.
+    type: int
+    default: 10
 author:
   - kmodlab
 """
@@ -66,7 +91,8 @@ actions:
   type: list
   elements: str
   returned: always
-  sample: ["write sources", "build", "install and run depmod", "unload", "load"]
+  sample: ["write sources", "build", "keep the installed module for rollback", "install and run depmod", "unload",
+           "load", "load at boot"]
 version:
   description: MODULE_VERSION of the loaded module (empty when it declares none).
   type: str
@@ -80,210 +106,149 @@ proc_entry_mode:
   type: str
   returned: when state is present, proc_entry is given and not in check mode
   sample: "0444"
+rolled_back:
+  description: Why the release was rolled back, and what runs now (the task fails).
+  type: str
+  returned: when a release failed and was rolled back
+  sample: "rolled back: on kernel 6.12.117+deb13-amd64, modprobe failed (exit 1): ...; the previous ..."
 """
 
-import hashlib
+import contextlib
 import os
-import shutil
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
     DEPMOD,
     INSTALL,
+    KEEP,
     LOAD,
+    PERSIST,
     REMOVE_INSTALLED,
+    REMOVE_KEPT,
     REMOVE_SOURCES,
     UNLOAD,
+    UNPERSIST,
     WRITE,
-    Observed,
     Refusal,
     plan_absent,
     plan_present,
 )
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
     decode_files,
-    read_manifest,
     refuse_symlinks,
     source_diffs,
-    sources_current,
-    update_manifest,
-    write_sources,
 )
 
+# The ModuleOnHost method that carries out each step (WRITE takes the sources).
+STEP_METHODS = {
+    BUILD: "build",
+    KEEP: "keep",
+    INSTALL: "install",
+    DEPMOD: "depmod",
+    UNLOAD: "unload",
+    LOAD: "load",
+    PERSIST: "persist",
+    UNPERSIST: "unpersist",
+    REMOVE_INSTALLED: "remove_installed",
+    REMOVE_KEPT: "remove_kept",
+    REMOVE_SOURCES: "remove_sources",
+}
 
-def sha256(path):
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return None
-
-
-def read(path, default=""):
-    try:
-        with open(path) as handle:
-            return handle.read().strip()
-    except OSError:
-        return default
+# Once one of these has run, the host no longer runs what it ran before: a failure is rolled back.
+REPLACING = (INSTALL, UNLOAD, LOAD)
 
 
 class KernelModule(object):
     def __init__(self, module):
         self.module = module
-        self.name = module.params["name"]
-        self.build_dir = module.params["build_dir"]
-        self.kernel = os.uname().release
-        self.kdir = "/lib/modules/%s/build" % self.kernel
-        self.installed = "/lib/modules/%s/updates/%s.ko" % (self.kernel, self.name)
-        self.built = os.path.join(self.build_dir, self.name + ".ko")
-        self.sysfs = "/sys/module/%s" % self.name
-        self.result = {"changed": False, "kernel": self.kernel, "installed": self.installed, "actions": []}
+        params = module.params
+        self.name = params["name"]
+        limits = {"build": params["build_timeout"], "load": params["load_timeout"], "check": params["check_timeout"]}
+        self.host = ModuleOnHost(module, self.name, params["build_dir"], limits)
+        self.result = {"changed": False, "kernel": self.host.kernel, "installed": self.host.installed, "actions": []}
         self.files = None
 
     def fail(self, msg):
         self.module.fail_json(msg="%s: %s" % (self.name, msg), **self.result)
 
-    def run(self, args, what):
-        args = [self.module.get_bin_path(args[0], required=True)] + list(args[1:])
-        rc, out, err = self.module.run_command(args)
-        if rc != 0:
-            tail = "\n".join((out + err).splitlines()[-30:])
-            self.fail("%s failed (%s, exit %d):\n%s" % (what, " ".join(args), rc, tail))
-        return out
-
-    # Observe: read-only.
-
-    def loaded(self):
-        if os.path.isdir(self.sysfs + "/sections"):
-            return True
-        return any(line.split()[0] == self.name for line in read("/proc/modules").splitlines() if line)
-
-    def srcversion_of(self, path):
-        if not os.path.isfile(path):
-            return ""
-        return self.run(["modinfo", "-F", "srcversion", path], "modinfo").strip()
-
-    def in_depmod(self):
-        wanted = "updates/%s.ko:" % self.name
-        dep = read("/lib/modules/%s/modules.dep" % self.kernel)
-        return any(line.startswith(wanted) for line in dep.splitlines())
-
-    def observe(self):
-        loaded = self.loaded()
-        holders = sorted(os.listdir(self.sysfs + "/holders")) if os.path.isdir(self.sysfs + "/holders") else []
-        observed = Observed(
-            kernel=self.kernel,
-            installed=sha256(self.installed),
-            loaded=loaded,
-            loaded_srcversion=read(self.sysfs + "/srcversion") if loaded else "",
-            refcnt=read(self.sysfs + "/refcnt", "0") if loaded else "0",
-            holders=holders,
-            build_dir_exists=os.path.lexists(self.build_dir),
-        )
-        if self.files is not None:
-            observed.sources_current = sources_current(self.build_dir, self.files)
-            observed.built_for = read_manifest(self.build_dir).get("built_for")
-            observed.built = sha256(self.built)
-            observed.in_depmod = observed.installed is None or self.in_depmod()
-            if loaded and observed.installed is not None:
-                observed.installed_srcversion = self.srcversion_of(self.installed)
-        return observed
-
-    # Apply: one method per step.
-
     def step(self, action):
-        {
-            WRITE: self.write,
-            BUILD: self.build,
-            INSTALL: self.install,
-            DEPMOD: self.depmod,
-            UNLOAD: self.unload,
-            LOAD: self.load,
-            REMOVE_INSTALLED: self.remove_installed,
-            REMOVE_SOURCES: self.remove_sources,
-        }[action]()
-
-    def write(self):
-        write_sources(self.build_dir, self.files)
-
-    def build(self):
-        if not os.path.isfile(os.path.join(self.kdir, "Makefile")):
-            self.fail(
-                "no headers for the running kernel %s at %s: install linux-headers-%s (the kbuild_env role does)"
-                % (self.kernel, self.kdir, self.kernel)
-            )
-        self.run(["make", "-C", self.kdir, "M=" + self.build_dir, "modules"], "kbuild")
-        if not os.path.isfile(self.built):
-            self.fail("the build made no %s.ko; does the Makefile say obj-m += %s.o?" % (self.name, self.name))
-        update_manifest(self.build_dir, {"built_for": self.kernel})
-
-    def install(self):
-        os.makedirs(os.path.dirname(self.installed), exist_ok=True)
-        tmp = self.installed + ".tmp"
-        shutil.copyfile(self.built, tmp)
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, self.installed)
-        self.depmod()
-
-    def depmod(self):
-        self.run(["depmod", "-a", self.kernel], "depmod")
-
-    def unload(self):
-        self.run(["rmmod", self.name], "rmmod")
-
-    def load(self):
-        self.run(["modprobe", self.name], "modprobe")
-
-    def remove_installed(self):
-        os.unlink(self.installed)
-        self.depmod()
-
-    def remove_sources(self):
-        if os.path.islink(self.build_dir) or not os.path.isdir(self.build_dir):
-            os.unlink(self.build_dir)
+        """Carry out one planned step on the host."""
+        if action == WRITE:
+            self.host.write(self.files)
         else:
-            shutil.rmtree(self.build_dir)
+            getattr(self.host, STEP_METHODS[action])()
 
-    def check(self):
-        if not self.loaded():
-            self.fail("not in /proc/modules after loading")
-        self.result["version"] = read(self.sysfs + "/version")
-        self.result["srcversion"] = read(self.sysfs + "/srcversion")
-        entry = self.module.params["proc_entry"]
-        if entry:
-            if not os.path.exists(entry):
-                self.fail("loaded, but %s does not exist" % entry)
-            self.result["proc_entry_mode"] = "%04o" % (os.stat(entry).st_mode & 0o7777)
-            try:
-                with open(entry) as handle:
-                    handle.read(4096)
-            except OSError as err:
-                self.fail("loaded, but reading %s failed: %s" % (entry, err))
+    def roll_back(self, reason, replaced):
+        """Bring back the module that ran before this release, or none if there was none; then fail."""
+        host = self.host
+        try:
+            if replaced:
+                if host.loaded():
+                    # If this fails, the old module was never unloaded: it is the one to keep.
+                    with contextlib.suppress(StepFailed):
+                        host.unload()
+                if os.path.isfile(host.kept):
+                    host.install_from(host.kept)
+                elif os.path.exists(host.installed):
+                    os.unlink(host.installed)
+                    host.depmod()
+            if os.path.isfile(host.installed):
+                if not host.loaded():
+                    host.load()
+                facts = host.check(self.module.params["proc_entry"])
+                now = "the previous %s (version %s) is loaded and answers" % (self.name, facts["version"] or "-")
+            else:
+                now = "there was no previous module, so none is loaded"
+        except StepFailed as err:
+            now = "and the rollback failed too: %s" % err
+        message = "rolled back: %s; %s" % (reason, now)
+        host.record_outcome(message)
+        self.result["rolled_back"] = message
+        self.fail(message)
+
+    def present(self, plan):
+        replaced = False
+        try:
+            for action in plan:
+                replaced = replaced or action in REPLACING
+                self.step(action)
+            self.result.update(self.host.check(self.module.params["proc_entry"]))
+        except StepFailed as err:
+            if not (replaced or BUILD in plan):
+                self.fail(str(err))
+            self.roll_back("on kernel %s, %s" % (self.host.kernel, err), replaced)
+        self.host.record_outcome(None)
 
     def main(self):
-        present = self.module.params["state"] == "present"
+        params = self.module.params
+        present = params["state"] == "present"
         try:
             if present:
-                self.files = decode_files(self.module.params["files"])
-                refuse_symlinks(self.build_dir)
-            observed = self.observe()
-            plan = plan_present(self.name, observed) if present else plan_absent(self.name, observed)
-        except (SourceError, Refusal) as err:
+                self.files = decode_files(params["files"])
+                refuse_symlinks(params["build_dir"])
+            observed = self.host.observe(self.files)
+            plan = plan_present(self.name, observed, params["persist"]) if present else plan_absent(self.name, observed)
+        except (SourceError, Refusal, StepFailed) as err:
             self.fail(str(err))
         self.result["actions"] = plan
         self.result["changed"] = bool(plan)
         if WRITE in plan and self.module._diff:
-            self.result["diff"] = source_diffs(self.build_dir, self.files)
+            self.result["diff"] = source_diffs(params["build_dir"], self.files)
         if self.module.check_mode:
             self.module.exit_json(**self.result)
-        for action in plan:
-            self.step(action)
         if present:
-            self.check()
-        elif self.loaded():
-            self.fail("still loaded after rmmod")
+            self.present(plan)
+        else:
+            try:
+                for action in plan:
+                    self.step(action)
+            except StepFailed as err:
+                self.fail(str(err))
+            if self.host.loaded():
+                self.fail("still loaded after rmmod")
         self.module.exit_json(**self.result)
 
 
@@ -295,6 +260,10 @@ def main():
             "files": {"type": "dict"},
             "build_dir": {"type": "path", "required": True},
             "proc_entry": {"type": "path"},
+            "persist": {"type": "bool", "default": True},
+            "build_timeout": {"type": "int", "default": 600},
+            "load_timeout": {"type": "int", "default": 60},
+            "check_timeout": {"type": "int", "default": 10},
         },
         required_if=[("state", "present", ["files"])],
         supports_check_mode=True,

@@ -12,7 +12,8 @@ description:
     C(make check), which builds both programs, writes C(empty.trace) and C(part1.trace) with
     C(strace -o) and compares them, and fails unless part1 makes exactly O(expected) more system calls.
   - Observes, plans, then carries out the plan; check mode reports the same plan. It reports changed
-    only when sources are written or the traces are made anew (sources changed, or a trace is missing).
+    only when sources are written or the traces are made anew (sources changed, or C(make -q) finds a
+    trace missing or older than its program).
   - Bad source file names and sources that are not UTF-8 are refused before anything is changed.
 options:
   files:
@@ -84,10 +85,10 @@ WRITE = "write sources"
 TRACE = "trace"
 
 
-def plan(sources_are_current, traces_exist):
+def plan(sources_are_current, traces_are_current):
     """The steps that bring the host to current sources and traces made from them."""
     steps = [] if sources_are_current else [WRITE]
-    if WRITE in steps or not traces_exist:
+    if WRITE in steps or not traces_are_current:
         steps.append(TRACE)
     return steps
 
@@ -109,7 +110,11 @@ def main():
         refuse_symlinks(dest)
     except SourceError as err:
         module.fail_json(msg="Part I: %s" % err, **result)
-    steps = plan(sources_current(dest, files), all(os.path.isfile(t) for t in traces))
+    make = module.get_bin_path("make", required=True)
+    current = sources_current(dest, files)
+    # make -q: are both traces newer than the programs and the programs than their sources?
+    traces_current = current and module.run_command([make, "-q", "-C", dest, "empty.trace", "part1.trace"])[0] == 0
+    steps = plan(current, traces_current)
     result.update(actions=steps, changed=bool(steps))
     if WRITE in steps and module._diff:
         result["diff"] = source_diffs(dest, files)
@@ -122,7 +127,6 @@ def main():
         for trace in traces:
             if os.path.exists(trace):
                 os.unlink(trace)
-    make = module.get_bin_path("make", required=True)
     rc, out, err = module.run_command([make, "-C", dest, "check", "EXPECTED=%d" % expected])
     result["output"] = out + err
     match = re.search(r"^difference: (-?\d+) ", out, re.MULTILINE)

@@ -7,10 +7,14 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
     DEPMOD,
     INSTALL,
+    KEEP,
     LOAD,
+    PERSIST,
     REMOVE_INSTALLED,
+    REMOVE_KEPT,
     REMOVE_SOURCES,
     UNLOAD,
+    UNPERSIST,
     WRITE,
     Observed,
     Refusal,
@@ -34,6 +38,9 @@ def deployed(**changes):
         "loaded_srcversion": "SRC-A",
         "installed_srcversion": "SRC-A",
         "build_dir_exists": True,
+        "kept": "sha-a",
+        "kept_any": True,
+        "persisted": True,
     }
     state.update(changes)
     return Observed(**state)
@@ -47,17 +54,25 @@ def test_a_deployed_module_needs_nothing():
 def test_a_fresh_host_gets_every_step():
     """Nothing there: write, build, install, load."""
     fresh = Observed(kernel=K, sources_current=False)
-    assert plan_present("m", fresh) == [WRITE, BUILD, INSTALL, LOAD]
+    assert plan_present("m", fresh) == [WRITE, BUILD, INSTALL, LOAD, PERSIST]
+    assert plan_present("m", fresh, persist=False) == [WRITE, BUILD, INSTALL, LOAD]
 
 
 def test_changed_sources_rebuild_reinstall_and_reload():
-    """New sources: write, build, install, unload the old module, load the new one."""
+    """New sources: write, build, install, unload the old module, load the new one (kept already)."""
     assert plan_present("m", deployed(sources_current=False)) == [WRITE, BUILD, INSTALL, UNLOAD, LOAD]
+
+
+def test_the_installed_module_is_kept_before_it_is_replaced():
+    """A release replacing an installed module keeps that module first, for rollback."""
+    host = deployed(sources_current=False, kept=None)
+    assert plan_present("m", host) == [WRITE, BUILD, KEEP, INSTALL, UNLOAD, LOAD]
+    assert plan_present("m", deployed(sources_current=False, kept="sha-older"))[2] == KEEP
 
 
 def test_a_new_kernel_rebuilds_from_the_same_sources():
     """The build was for another kernel: build and install for this one; nothing loaded yet, so load."""
-    host = deployed(built_for="6.1.0-49-amd64", installed=None, loaded=False, installed_srcversion="")
+    host = deployed(built_for="6.1.0-49-amd64", installed=None, loaded=False, installed_srcversion="", kept=None)
     assert plan_present("m", host) == [BUILD, INSTALL, LOAD]
 
 
@@ -68,7 +83,7 @@ def test_another_build_loaded_is_replaced_by_the_installed_one():
 
 def test_an_installed_file_that_differs_from_the_build_is_reinstalled():
     """Someone replaced the installed .ko: ours goes back in and is reloaded."""
-    assert plan_present("m", deployed(installed="sha-other")) == [INSTALL, UNLOAD, LOAD]
+    assert plan_present("m", deployed(installed="sha-other")) == [KEEP, INSTALL, UNLOAD, LOAD]
 
 
 def test_an_install_without_depmod_heals():
@@ -89,8 +104,16 @@ def test_a_busy_module_that_needs_no_reload_is_left_alone():
     assert plan_present("m", deployed(refcnt="1")) == []
 
 
+def test_persistence_follows_the_setting():
+    """Turning persistence off removes the boot entry; a missing or outdated entry is written."""
+    assert plan_present("m", deployed(), persist=False) == [UNPERSIST]
+    assert plan_present("m", deployed(persisted=False)) == [PERSIST]
+
+
 def test_removal_takes_off_what_is_there_only():
-    """absent: unload, remove the installed file, remove the sources; twice gives nothing."""
-    assert plan_absent("m", deployed()) == [UNLOAD, REMOVE_INSTALLED, REMOVE_SOURCES]
-    assert plan_absent("m", deployed(loaded=False, installed=None)) == [REMOVE_SOURCES]
+    """absent: unload, boot entry, installed files of every kernel, kept files, sources; twice gives nothing."""
+    assert plan_absent("m", deployed()) == [UNLOAD, UNPERSIST, REMOVE_INSTALLED, REMOVE_KEPT, REMOVE_SOURCES]
+    assert plan_absent("m", deployed(loaded=False, installed=None, persisted=False, kept_any=False)) == [REMOVE_SOURCES]
+    other_kernel = Observed(kernel=K, installed_elsewhere=("/lib/modules/6.1.0-49-amd64/updates/m.ko",))
+    assert plan_absent("m", other_kernel) == [REMOVE_INSTALLED]
     assert plan_absent("m", Observed(kernel=K)) == []

@@ -93,3 +93,11 @@ def test_diffs_name_changed_and_removed_files(tmp_path):
     diffs = {d["after_header"].rsplit("/", 1)[1]: d for d in source_diffs(str(dest), {"a.c": "two\n"})}
     assert diffs["a.c"]["before"] == "one\n" and diffs["a.c"]["after"] == "two\n"
     assert diffs["old.c"]["after"] == ""
+
+
+def test_crlf_sources_are_current_once_written(tmp_path):
+    """Sources with CRLF or CR line ends (common in submissions) are not rewritten on every run."""
+    files = {"a.c": "int a;\r\nint b;\r\n", "Makefile": "obj-m += a.o\r"}
+    write_sources(str(tmp_path / "m"), files)
+    assert sources_current(str(tmp_path / "m"), files)
+    assert (tmp_path / "m" / "a.c").read_bytes() == b"int a;\r\nint b;\r\n"

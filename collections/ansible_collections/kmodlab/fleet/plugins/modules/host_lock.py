@@ -1,0 +1,143 @@
+#!/usr/bin/python
+"""Take or give back a host's deploy lock, so that two operators' runs never interleave on a host."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: host_lock
+short_description: Take or give back a host's deploy lock (a lease with an owner and an expiry)
+description:
+  - With O(state=acquired), takes the lock file O(path) for O(owner), waiting up to O(wait) seconds while
+    another owner holds it, then fails naming that owner and since when. A lock older than O(ttl) seconds
+    (a run that died) is taken over. Taking a lock the same owner holds renews it.
+  - With O(state=released), gives the lock back if O(owner) holds it.
+  - Also returns the running kernel release as the fact C(kernel), so a play needs no fact gathering.
+options:
+  state:
+    description: Take or give back the lock.
+    type: str
+    choices: [acquired, released]
+    default: acquired
+  owner:
+    description: Who takes the lock (one value per run, for example user, controller host and start time).
+    type: str
+    required: true
+  wait:
+    description: Seconds to wait for another owner's lock before failing.
+    type: int
+    default: 300
+  ttl:
+    description: Seconds after which a lock is taken to belong to a run that died.
+    type: int
+    default: 3600
+  path:
+    description: The lock file (on tmpfs, so a reboot frees it).
+    type: path
+    default: /run/kmodlab.lock
+author:
+  - kmodlab
+"""
+
+EXAMPLES = r"""
+- name: Take the host's deploy lock
+  kmodlab.fleet.host_lock:
+    owner: "alice@controller 2026-11-26T06:00:00"
+"""
+
+RETURN = r"""
+holder:
+  description: The owner that held the lock before this call (empty if none).
+  type: str
+  returned: always
+waited:
+  description: Seconds spent waiting for another owner's lock.
+  type: float
+  returned: always
+ansible_facts:
+  description: C(kernel), the running kernel release.
+  type: dict
+  returned: always
+"""
+
+import json
+import os
+import time
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+def read_lock(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def try_take(path, owner, ttl, now):
+    """Take the lock if it is free, ours or expired; return the holder that kept us out, or None."""
+    current = read_lock(path)
+    if current and current.get("owner") != owner and now - current.get("since", 0) < ttl:
+        return current
+    tmp = "%s.%d" % (path, os.getpid())
+    with open(tmp, "w") as handle:
+        json.dump({"owner": owner, "since": now}, handle)
+    if current is None:
+        try:
+            os.link(tmp, path)  # fails if someone took it meanwhile
+        except FileExistsError:
+            os.unlink(tmp)
+            return read_lock(path) or {"owner": "?", "since": now}
+        os.unlink(tmp)
+    else:
+        os.rename(tmp, path)
+    return None
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "state": {"type": "str", "choices": ["acquired", "released"], "default": "acquired"},
+            "owner": {"type": "str", "required": True},
+            "wait": {"type": "int", "default": 300},
+            "ttl": {"type": "int", "default": 3600},
+            "path": {"type": "path", "default": "/run/kmodlab.lock"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    path, owner = params["path"], params["owner"]
+    result = {"changed": False, "ansible_facts": {"kernel": os.uname().release}, "waited": 0.0}
+    before = read_lock(path)
+    result["holder"] = before.get("owner", "") if before else ""
+    if params["state"] == "released":
+        if before and before.get("owner") == owner and not module.check_mode:
+            os.unlink(path)
+        module.exit_json(**result)
+    if module.check_mode:
+        module.exit_json(**result)  # check mode takes no lock: it changes nothing a second run could trip on
+    started = time.time()
+    while True:
+        holder = try_take(path, owner, params["ttl"], time.time())
+        if holder is None:
+            break
+        if time.time() - started >= params["wait"]:
+            module.fail_json(
+                msg="the host is locked by another deploy (%s, since %s); waited %d s. Run again when it is done,"
+                " or remove %s on the host if that run is gone."
+                % (
+                    holder.get("owner"),
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0))),
+                    params["wait"],
+                    path,
+                ),
+                **result,
+            )
+        time.sleep(1)
+    result["waited"] = round(time.time() - started, 1)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

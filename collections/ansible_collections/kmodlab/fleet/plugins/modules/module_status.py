@@ -1,0 +1,117 @@
+#!/usr/bin/python
+"""Report the state of out-of-tree kernel modules on a host, changing nothing."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: module_status
+short_description: Report the state of out-of-tree kernel modules deployed by kernel_module
+description:
+  - For each module, observes the host as M(kmodlab.fleet.kernel_module) does and reports its state,
+    version, srcversion, whether it drifted from the given sources, whether it is loaded at boot, and
+    why its last release was rolled back, if it was. Changes nothing and reads no /proc entry.
+options:
+  modules:
+    description: The modules, each with C(name), C(build_dir) and C(files) (base64, as kernel_module takes them).
+    type: list
+    elements: dict
+    required: true
+author:
+  - kmodlab
+"""
+
+EXAMPLES = r"""
+- name: Read the modules' state
+  kmodlab.fleet.module_status:
+    modules:
+      - name: my_timer
+        build_dir: /usr/local/src/kmodlab/my_timer
+        files: "{{ lookup('kmodlab.fleet.source_files', 'module_src/my_timer', patterns=['*.c', 'Makefile']) }}"
+"""
+
+RETURN = r"""
+kernel:
+  description: The running kernel release.
+  type: str
+  returned: always
+modules:
+  description: One entry per module, in the order given.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    name:
+      description: The module name.
+      type: str
+    state:
+      description: C(loaded), C(installed, not loaded), C(missing) or C(rolled back).
+      type: str
+    version:
+      description: MODULE_VERSION of the loaded module, else of the installed file; empty if none.
+      type: str
+    srcversion:
+      description: srcversion of the loaded module, else of the installed file; empty if none.
+      type: str
+    drift:
+      description: Whether what runs differs from what the given sources would deploy (a deploy would change it).
+      type: bool
+    persist:
+      description: Whether the module is loaded at boot.
+      type: bool
+    rolled_back:
+      description: Why the last release was rolled back; empty when it was not.
+      type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import PERSIST, UNPERSIST, Refusal, plan_present
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, read
+from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
+
+
+def report(module, spec):
+    host = ModuleOnHost(module, spec["name"], spec["build_dir"])
+    files = decode_files(spec["files"])
+    observed = host.observe(files)
+    try:
+        drift = bool(set(plan_present(host.name, observed)) - {PERSIST, UNPERSIST})
+    except Refusal:
+        drift = True
+    rolled_back = host.last_rollback() or ""
+    if observed.loaded:
+        state = "loaded"
+        version, srcversion = read(host.sysfs + "/version"), read(host.sysfs + "/srcversion")
+    else:
+        state = "installed, not loaded" if observed.installed else "missing"
+        version = (
+            host.run(["modinfo", "-F", "version", host.installed], "modinfo").strip() if observed.installed else ""
+        )
+        srcversion = host.srcversion_of(host.installed)
+    return {
+        "name": host.name,
+        "state": "rolled back" if rolled_back else state,
+        "version": version,
+        "srcversion": srcversion,
+        "drift": drift,
+        "persist": observed.persisted,
+        "rolled_back": rolled_back,
+    }
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={"modules": {"type": "list", "elements": "dict", "required": True}},
+        supports_check_mode=True,
+    )
+    try:
+        modules = [report(module, spec) for spec in module.params["modules"]]
+    except (SourceError, StepFailed, KeyError) as err:
+        module.fail_json(msg="cannot report: %s" % err)
+    module.exit_json(changed=False, kernel=os.uname().release, modules=modules)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Day two on a lab fleet: bad releases, a canary that vanishes, a second operator, reboots, a kernel upgrade.
+
+Runs only with --rollout, on a lab (python -m kmodlab --lab NAME, given with --lab) of at least two
+hosts below kernel 6.12 and one at 6.12 or later (molecule's lab: two Debian 12, one Debian 13).
+One session fixture plays the whole story in order, each step forced by design rather than by timing,
+and records what it saw; the tests then assert on the record:
+
+1. a release that does not build on 6.12, then one whose init fails on 6.12: each is rolled back there;
+2. status.yml reports it, as a table and as JSON;
+3. a release whose build waits on a marker: the 6.12 canary is stopped while it builds, so the canary
+   batch fails and no other host is touched; the machine is started again and loads its modules at boot;
+4. a second operator's lock makes a deploy wait, then fail clearly;
+5. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
+6. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers,
+   reboots into it and has the modules built and loaded at boot; the next deploy brings it up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, run_playbook
+
+pytestmark = pytest.mark.rollout
+
+TIMER = MODULES["my_timer"]
+GOOD = module_version("my_timer")
+NEW_KERNEL = (6, 12)
+MARKER = "/run/kmodlab-test-release-building"
+
+
+def kernel_tuple(release: str) -> tuple[int, int]:
+    major, minor = re.match(r"(\d+)\.(\d+)", release).groups()
+    return int(major), int(minor)
+
+
+def make_release(
+    root: Path,
+    version: str,
+    c_after_includes: str = "",
+    init_first: str = "",
+    read_first: str = "",
+    make_first: str = "",
+):
+    """A copy of module_src/my_timer at VERSION with code added (a bad release), under ROOT/<version>/my_timer."""
+    src = root / version / "my_timer"
+    shutil.copytree(REPO / "module_src" / "my_timer", src)
+    c = (src / "my_timer.c").read_text()
+    c = c.replace(f'MODULE_VERSION("{GOOD}")', f'MODULE_VERSION("{version}")')
+    includes, init = "#include <linux/uaccess.h>\n", "static int __init my_timer_init(void)\n{\n"
+    read = "\tstruct timer_snapshot *snap;\n\n"
+    assert includes in c and init in c and read in c
+    c = c.replace(includes, includes + "#include <linux/version.h>\n" + c_after_includes)
+    c = c.replace(init, init + init_first)
+    c = c.replace(read, read + read_first)
+    (src / "my_timer.c").write_text(c)
+    if make_first:
+        (src / "Makefile").write_text(make_first + (src / "Makefile").read_text())
+    return src
+
+
+def extra_vars(src: Path | None = None, **more) -> str:
+    settings = {"kmodlab_syscall_exercise": False, **more}
+    if src is not None:
+        settings["kmodlab_modules"] = [{"name": "my_timer", "proc_entry": TIMER, "src": str(src)}]
+    return json.dumps(settings)
+
+
+class Fleet:
+    def __init__(self, request):
+        self.request = request
+        self.hosts = {h.backend.get_hostname(): h for h in hosts_under_test(request)}
+        self.kernel = {name: h.check_output("uname -r") for name, h in self.hosts.items()}
+        self.new = sorted(n for n, k in self.kernel.items() if kernel_tuple(k) >= NEW_KERNEL)
+        self.old = sorted(n for n, k in self.kernel.items() if kernel_tuple(k) < NEW_KERNEL)
+        self.lab_name = request.config.getoption("lab")
+
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_playbook(self.request, "deploy.yml", "--limit", ",".join(self.hosts), *args)
+
+    def lab(self, *args: str) -> None:
+        command = [sys.executable, "-m", "kmodlab", "--lab", self.lab_name, *args]
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def timer(self, name: str) -> dict:
+        """What my_timer is on host NAME: loaded version, and whether /proc/timer answers a read."""
+        h = self.hosts[name]
+        version = h.run("cat /sys/module/my_timer/version")
+        read = h.run(f"timeout 10 cat {TIMER}")
+        return {
+            "version": version.stdout.strip() if version.rc == 0 else None,
+            "answers": read.rc == 0 and read.stdout.startswith("current time: "),
+            "kernel": h.check_output("uname -r"),
+            "hello": h.run("test -d /sys/module/hello").rc == 0,
+        }
+
+    def booted(self, name: str) -> None:
+        """Wait until host NAME finished booting, kmodlab-modules.service (a build, maybe) included."""
+        self.hosts[name].run("timeout 900 systemctl is-system-running --wait")
+
+    def snapshot(self) -> dict:
+        return {name: self.timer(name) for name in self.hosts}
+
+
+def wait_for(check, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def story(request, tmp_path_factory):
+    fleet = Fleet(request)
+    if len(fleet.old) < 2 or not fleet.new:
+        pytest.fail(f"the rollout tests need two hosts below kernel 6.12 and one at 6.12 or later: {fleet.kernel}")
+    root = tmp_path_factory.mktemp("releases")
+    record = {"fleet": fleet}
+
+    # 1. Releases that fail on 6.12 only.
+    build_fails = make_release(
+        root, "1.0.1-buildfail",
+        c_after_includes="#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)\n"
+        '#error "kmodlab test: this release does not build on 6.12"\n#endif\n',
+    )  # fmt: skip
+    record["build_fails"] = fleet.deploy("-e", extra_vars(build_fails))
+    record["after_build_fails"] = fleet.snapshot()
+    init_fails = make_release(
+        root, "1.0.2-initfail",
+        init_first="\tif (LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0))\n\t\treturn -ENOEXEC;\n",
+    )  # fmt: skip
+    record["init_fails"] = fleet.deploy("-e", extra_vars(init_fails))
+    record["after_init_fails"] = fleet.snapshot()
+
+    # 2. The fleet report, against the sources of the last release.
+    report = tmp_path_factory.mktemp("status") / "fleet.json"
+    record["status"] = run_playbook(
+        request, "playbooks/status.yml", "-e", extra_vars(init_fails, kmodlab_status_json=str(report))
+    )
+    record["status_json"] = json.loads(report.read_text()) if report.is_file() else None
+
+    # A release whose read hangs (20 s, interruptibly): the check's time limit (3 s here) rolls it back.
+    slow_read = make_release(
+        root, "1.0.4-slowread", c_after_includes="#include <linux/delay.h>\n",
+        read_first="\tif (msleep_interruptible(20000))\n\t\treturn -EINTR;\n",
+    )  # fmt: skip
+    record["slow_read"] = fleet.deploy("-e", extra_vars(slow_read, kernel_module_check_timeout=3))
+    record["after_slow_read"] = fleet.snapshot()
+
+    # 3. The 6.12 canary vanishes while it builds (the release's Makefile marks the build, then waits).
+    # kbuild reads the Makefile several times: only the first read marks and waits.
+    slow = make_release(
+        root, "1.0.3-slow", make_first=f"$(shell test -e {MARKER} || {{ touch {MARKER}; sleep 20; }})\n"
+    )
+    for h in fleet.hosts.values():
+        h.run(f"rm -f {MARKER}")
+    vanishing = fleet.new[0]
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "deploy.yml", "--limit", ",".join(fleet.hosts)]
+    inventory = request.config.getoption("ansible_inventory")
+    command += ["-i", str(inventory)] if inventory else []
+    with subprocess.Popen(
+        [*command, "-e", extra_vars(slow)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        wait_for(lambda: fleet.hosts[vanishing].run(f"test -e {MARKER}").rc == 0, 900, f"the build on {vanishing}")
+        fleet.lab("stop", vanishing)
+        record["vanished_output"] = proc.communicate(timeout=900)[0]
+        record["vanished_rc"] = proc.returncode
+    record["vanished"] = vanishing
+    record["after_vanished"] = {name: fleet.timer(name) for name in fleet.hosts if name != vanishing}
+    fleet.lab("start", vanishing)
+    fleet.booted(vanishing)
+    record["after_restart"] = fleet.timer(vanishing)
+
+    # 4. A second operator holds one host's lock.
+    locked = fleet.old[0]
+    fleet.hosts[locked].run_test(
+        'printf \'{"owner": "other-operator@elsewhere", "since": %s}\' $(date +%s) > /run/kmodlab.lock'
+    )
+    started = time.monotonic()
+    record["locked"] = run_playbook(request, "deploy.yml", "--limit", locked, "-e", extra_vars(kmodlab_lock_wait=5))
+    record["locked_seconds"] = time.monotonic() - started
+    fleet.hosts[locked].run_test("rm -f /run/kmodlab.lock")
+
+    # 5. An install that was interrupted before depmod; the good release comes back.
+    broken = fleet.old[-1]
+    fleet.hosts[broken].run_test(
+        "cd /lib/modules/$(uname -r)/updates && mv my_timer.ko /root/my_timer.ko.held && depmod -a"
+        " && mv /root/my_timer.ko.held my_timer.ko"
+    )
+    record["depmod_broken"] = fleet.hosts[broken].run("modinfo -n my_timer").rc != 0
+    record["restore"] = fleet.deploy()
+    record["after_restore"] = fleet.snapshot()
+    record["healed"] = fleet.hosts[broken].run("modinfo -n my_timer").stdout.strip()
+
+    # 6. A reboot; then a kernel upgrade on a Debian 12 host.
+    rebooted = fleet.old[0]
+    fleet.lab("reboot", rebooted)
+    fleet.booted(rebooted)
+    record["after_reboot"] = fleet.timer(rebooted)
+    upgraded = fleet.old[-1]
+    h = fleet.hosts[upgraded]
+    h.run_test(
+        "sed -n 's/^deb \\(\\S*\\) bookworm main.*/deb \\1 bookworm-backports main/p' /etc/apt/sources.list"
+        " > /etc/apt/sources.list.d/backports.list && test -s /etc/apt/sources.list.d/backports.list"
+    )
+    upgrade = h.run(
+        "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q -t bookworm-backports"
+        " linux-image-amd64 linux-headers-amd64"
+    )
+    assert upgrade.rc == 0, upgrade.stdout[-3000:] + upgrade.stderr[-3000:]
+    fleet.lab("reboot", upgraded)
+    fleet.booted(upgraded)
+    record["upgraded"] = upgraded
+    record["after_upgrade"] = fleet.timer(upgraded)
+    record["boot_log"] = h.run("journalctl -b -u kmodlab-modules.service --no-pager").stdout
+    record["after_upgrade_deploy"] = fleet.deploy()
+    return record
+
+
+def recap(output: str, name: str) -> dict[str, int]:
+    match = re.search(rf"^{re.escape(name)}\s+:(.*)$", output, re.MULTILINE)
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))} if match else {}
+
+
+def canary_of_old_kernel(story, output: str) -> str:
+    """The host below 6.12 that the canary batch held in a run (the other one must not appear)."""
+    canary_play = output.split("PLAY [Deploy to the canary batch", 1)[1].split("PLAY [", 1)[0]
+    chosen = [name for name in story["fleet"].old if f"[{name}]" in canary_play]
+    assert len(chosen) == 1, canary_play
+    return chosen[0]
+
+
+@pytest.mark.parametrize("step", ["build_fails", "init_fails"])
+def test_a_release_failing_on_6_12_is_rolled_back_there_and_stops_the_rollout(story, step):
+    """6.12 keeps the good module (it answers); the other kernel's canary runs the release; no other host moved."""
+    result, after, fleet = story[step], story[f"after_{step}"], story["fleet"]
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for name in fleet.new:
+        assert after[name]["version"] == GOOD and after[name]["answers"], after[name]
+        assert re.search(
+            rf"fatal: \[{re.escape(name)}\].*rolled back: on kernel {re.escape(fleet.kernel[name])}", output
+        )
+    canary = canary_of_old_kernel(story, output)
+    assert after[canary]["version"] == ("1.0.1-buildfail" if step == "build_fails" else "1.0.2-initfail")
+    assert after[canary]["answers"]
+    assert "PLAY [Deploy to the other hosts" not in output
+    for name in set(fleet.old) - {canary}:
+        assert recap(output, name).get("changed", 0) == 0
+
+
+def test_rollback_reasons_name_the_failure(story):
+    """The build failure quotes the compiler's #error; the init failure quotes modprobe."""
+    build = story["build_fails"].stdout
+    assert "this release does not build on 6.12" in build
+    assert "modprobe failed" in story["init_fails"].stdout
+
+
+def test_status_reports_the_rolled_back_host_the_release_and_drift(story):
+    """The JSON report: 6.12 rolled back and drifting; the canary on the release; the rest drifting on the old one."""
+    assert story["status"].returncode == 0, story["status"].stdout
+    report, fleet = story["status_json"], story["fleet"]
+    assert set(report) == set(fleet.hosts)
+    for name in fleet.new:
+        timer = next(m for m in report[name]["modules"] if m["name"] == "my_timer")
+        assert timer["state"] == "rolled back" and timer["rolled_back"].startswith("rolled back: on kernel")
+        assert timer["version"] == GOOD and timer["drift"] is True and timer["persist"] is True
+        assert report[name]["kernel"] == fleet.kernel[name]
+    versions = {name: next(m for m in report[name]["modules"] if m["name"] == "my_timer") for name in fleet.old}
+    assert sorted(m["version"] for m in versions.values()) == sorted([GOOD, "1.0.2-initfail"])
+    for m in versions.values():
+        assert m["drift"] is (m["version"] == GOOD) and m["state"] == "loaded"
+    table = story["status"].stdout
+    assert re.search(r"host\s+kernel\s+module\s+state\s+version\s+srcversion\s+drift\s+at boot", table)
+
+
+def test_a_read_that_hangs_hits_the_time_limit_and_is_rolled_back(story):
+    """Every canary rolls back, naming the limit; the module before runs and answers again."""
+    output, fleet = story["slow_read"].stdout, story["fleet"]
+    assert story["slow_read"].returncode != 0
+    canary = canary_of_old_kernel(story, output)
+    for name in [canary, *fleet.new]:
+        assert re.search(rf"fatal: \[{re.escape(name)}\].*rolled back: .*took longer than 3 s \(time limit\)", output)
+        assert story["after_slow_read"][name]["version"] == story["after_init_fails"][name]["version"]
+        assert story["after_slow_read"][name]["answers"]
+
+
+def test_a_canary_that_vanishes_stops_the_rollout(story):
+    """The stopped 6.12 canary counts as failed: the play ends, and the host left out is untouched."""
+    output, fleet = story["vanished_output"], story["fleet"]
+    assert story["vanished_rc"] != 0, output
+    # Ansible's any_errors_fatal ends the canary play at the unreachable result itself; in later batches
+    # the role fails the host ("could not be reached during the rollout") so max_fail_percentage counts it.
+    vanished = re.escape(story["vanished"])
+    assert re.search(rf"fatal: \[{vanished}\]: UNREACHABLE!|{vanished} could not be reached during the rollout", output)
+    assert "PLAY [Deploy to the other hosts" not in output
+    canary = canary_of_old_kernel(story, output)
+    for name in set(fleet.old) - {canary}:
+        assert story["after_vanished"][name]["version"] == story["after_init_fails"][name]["version"]
+        assert recap(output, name).get("changed", 0) == 0
+
+
+def test_a_machine_started_again_loads_its_modules_at_boot(story):
+    """After the stopped machine boots, hello and my_timer are loaded and /proc/timer answers."""
+    after = story["after_restart"]
+    assert after["version"] == GOOD and after["answers"] and after["hello"], after
+
+
+def test_a_second_operator_waits_then_fails_clearly(story):
+    """A host locked by another run: the deploy waits kmodlab_lock_wait (5 s), then fails naming the holder."""
+    output = story["locked"].stdout
+    assert story["locked"].returncode != 0
+    assert "locked by another deploy (other-operator@elsewhere" in output
+    assert story["locked_seconds"] >= 5
+
+
+def test_an_install_without_depmod_heals_and_the_good_release_returns(story):
+    """modules.dep lost my_timer; the next deploy runs depmod, and every host runs the good release again."""
+    assert story["depmod_broken"]
+    assert story["restore"].returncode == 0, story["restore"].stdout
+    assert story["healed"].endswith("/updates/my_timer.ko")
+    for name, after in story["after_restore"].items():
+        assert after["version"] == GOOD and after["answers"], (name, after)
+
+
+def test_a_reboot_loads_the_modules_again(story):
+    """After kmodlab reboot, both modules are loaded and /proc/timer answers."""
+    after = story["after_reboot"]
+    assert after["version"] == GOOD and after["answers"] and after["hello"], after
+
+
+def test_a_new_kernel_gets_the_modules_built_and_loaded_at_boot(story):
+    """The host boots the backports kernel; kmodlab-modules.service built and loaded both modules."""
+    after, fleet, name = story["after_upgrade"], story["fleet"], story["upgraded"]
+    assert kernel_tuple(after["kernel"]) >= NEW_KERNEL > kernel_tuple(fleet.kernel[name]), after
+    assert after["version"] == GOOD and after["answers"] and after["hello"], (after, story["boot_log"])
+    assert "my_timer: building for kernel" in story["boot_log"]
+
+
+def test_the_next_deploy_brings_the_upgraded_host_up_to_date(story):
+    """deploy.yml after the upgrade succeeds everywhere."""
+    result = story["after_upgrade_deploy"]
+    assert result.returncode == 0, result.stdout
+    assert recap(result.stdout, story["upgraded"]).get("failed") == 0
