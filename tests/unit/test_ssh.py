@@ -124,6 +124,8 @@ def test_inventory_puts_each_host_in_group_lab_reached_with_the_ssh_config(tmp_p
     assert shlex.split(lab["debian12"]["ansible_ssh_common_args"]) == ["-F", str(config)]
     assert "kmodlab_distro" not in lab["debian12"]
     assert "ansible_ssh_private_key_file" not in lab["debian12"]  # IdentityFile is in the ssh_config
+    # Ansible adds no ssh options of its own (its ControlPersist/ControlPath would beat the file's).
+    assert lab["debian12"]["ansible_ssh_args"] == ""
 
 
 def test_only_a_file_with_this_labs_header_counts_as_written_by_it(tmp_path):

@@ -110,10 +110,14 @@ def main():
         refuse_symlinks(dest)
     except SourceError as err:
         module.fail_json(msg="Part I: %s" % err, **result)
-    make = module.get_bin_path("make", required=True)
+    make = module.get_bin_path("make")  # none yet on a fresh host in check mode: then nothing is current
     current = sources_current(dest, files)
     # make -q: are both traces newer than the programs and the programs than their sources?
-    traces_current = current and module.run_command([make, "-q", "-C", dest, "empty.trace", "part1.trace"])[0] == 0
+    traces_current = (
+        current
+        and make is not None
+        and module.run_command([make, "-q", "-C", dest, "empty.trace", "part1.trace"])[0] == 0
+    )
     steps = plan(current, traces_current)
     result.update(actions=steps, changed=bool(steps))
     if WRITE in steps and module._diff:
@@ -127,6 +131,7 @@ def main():
         for trace in traces:
             if os.path.exists(trace):
                 os.unlink(trace)
+    make = module.get_bin_path("make", required=True)
     rc, out, err = module.run_command([make, "-C", dest, "check", "EXPECTED=%d" % expected])
     result["output"] = out + err
     match = re.search(r"^difference: (-?\d+) ", out, re.MULTILINE)

@@ -86,3 +86,38 @@ def test_syscall_exercise_refuses_non_utf8(tmp_path, previous):
     assert result.get("failed") is True, result
     assert "part1.c is not valid UTF-8" in result["msg"]
     assert snapshot(previous) == before
+
+
+STANDARD_KEYS = {"changed", "failed", "msg", "invocation", "diff", "warnings", "deprecations", "exception"}
+
+
+def documented_keys(name: str) -> set[str]:
+    import yaml
+
+    text = (MODULES / f"{name}.py").read_text()
+    return set(yaml.safe_load(text.split('RETURN = r"""', 1)[1].split('"""', 1)[0]))
+
+
+def test_every_returned_key_is_documented(tmp_path, previous):
+    """What each module returns here (success and failure) is in its RETURN, Ansible's own keys aside."""
+    results = {
+        "kernel_module": run_module(
+            "kernel_module", {"name": "my_timer", "files": {"a.c": b64(b"\xff")}, "build_dir": str(previous)}, tmp_path
+        ),
+        "syscall_exercise": run_module(
+            "syscall_exercise", {"files": {"part1.c": b64(b"\xff")}, "dest": str(previous)}, tmp_path
+        ),
+        "host_lock": run_module("host_lock", {"owner": "me", "path": str(tmp_path / "lock")}, tmp_path),
+        "module_status": run_module(
+            "module_status",
+            {"modules": [{"name": "kmodlab_absent", "build_dir": str(previous), "files": {"a.c": b64(b"int x;\n")}}]},
+            tmp_path,
+        ),
+    }
+    for name, result in results.items():
+        assert set(result) - STANDARD_KEYS <= documented_keys(name), (name, result)
+    assert results["module_status"]["modules"][0]["state"] == "missing"
+    assert set(results["module_status"]["modules"][0]) == {
+        "name", "state", "version", "srcversion", "drift", "persist", "rolled_back"
+    }  # fmt: skip
+    assert results["host_lock"]["ansible_facts"]["kernel"]
