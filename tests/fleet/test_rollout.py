@@ -156,9 +156,10 @@ def story(request, tmp_path_factory):
     record["after_slow_read"] = fleet.snapshot()
 
     # 3. The 6.12 canary vanishes while it builds (the release's Makefile marks the build, then waits).
-    # kbuild reads the Makefile several times: only the first read marks and waits.
+    # kbuild reads the Makefile several times: only the first read marks and waits; the 60 s wait is
+    # the window for the stop, which follows the marker within seconds.
     slow = make_release(
-        root, "1.0.3-slow", make_first=f"$(shell test -e {MARKER} || {{ touch {MARKER}; sleep 20; }})\n"
+        root, "1.0.3-slow", make_first=f"$(shell test -e {MARKER} || {{ touch {MARKER}; sleep 60; }})\n"
     )
     for h in fleet.hosts.values():
         h.run(f"rm -f {MARKER}")

@@ -46,6 +46,7 @@ class Observed(object):
         persisted=False,
         installed_elsewhere=(),
         kept_any=False,
+        autoload_exists=None,
     ):
         self.kernel = kernel
         self.sources_current = sources_current
@@ -63,7 +64,9 @@ class Observed(object):
         self.kept = kept  # sha256 of the module kept for rollback (running kernel), None when there is none
         self.persisted = persisted  # the boot-time loader has this module's entry, as it should be
         self.installed_elsewhere = tuple(installed_elsewhere)  # other kernels with an installed copy
-        self.kept_any = kept_any  # a kept module of any kernel exists
+        self.kept_any = kept_any  # a kept module of any kernel (or a rollback record) exists
+        # the boot-time loader has an entry for this module, current or not
+        self.autoload_exists = persisted if autoload_exists is None else autoload_exists
 
     @property
     def busy(self):
@@ -104,7 +107,7 @@ def plan_present(name, observed, persist=True):
         steps.append(LOAD)
     if persist and not observed.persisted:
         steps.append(PERSIST)
-    elif not persist and observed.persisted:
+    elif not persist and observed.autoload_exists:
         steps.append(UNPERSIST)
     return steps
 
@@ -115,7 +118,7 @@ def plan_absent(name, observed):
     if observed.loaded:
         refuse_if_busy(name, observed)
         steps.append(UNLOAD)
-    if observed.persisted:
+    if observed.autoload_exists:
         steps.append(UNPERSIST)
     if observed.installed is not None or observed.installed_elsewhere:
         steps.append(REMOVE_INSTALLED)

@@ -235,7 +235,9 @@ class ModuleOnHost(object):
             kept=sha256(self.kept),
             persisted=self.persisted(),
             installed_elsewhere=sorted(others),
-            kept_any=bool(glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko"))),
+            kept_any=bool(glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko")))
+            or os.path.lexists(self.record),
+            autoload_exists=os.path.lexists(self.autoload),
         )
         if files is not None:
             observed.sources_current = sources_current(self.build_dir, files)

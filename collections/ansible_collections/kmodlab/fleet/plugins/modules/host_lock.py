@@ -123,6 +123,7 @@ def main():
         if holder is None:
             break
         if time.time() - started >= params["wait"]:
+            result["waited"] = round(time.time() - started, 1)
             module.fail_json(
                 msg="the host is locked by another deploy (%s, since %s); waited %d s. Run again when it is done,"
                 " or remove %s on the host if that run is gone."

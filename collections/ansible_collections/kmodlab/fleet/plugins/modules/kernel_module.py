@@ -157,8 +157,8 @@ STEP_METHODS = {
     REMOVE_SOURCES: "remove_sources",
 }
 
-# Once one of these has run, the host no longer runs what it ran before: a failure is rolled back.
-REPLACING = (INSTALL, UNLOAD, LOAD)
+# Once the new module is installed, the host no longer holds what it ran before: a failure is rolled back.
+REPLACING = (INSTALL,)
 
 
 class KernelModule(object):
@@ -176,10 +176,13 @@ class KernelModule(object):
 
     def step(self, action):
         """Carry out one planned step on the host."""
-        if action == WRITE:
-            self.host.write(self.files)
-        else:
-            getattr(self.host, STEP_METHODS[action])()
+        try:
+            if action == WRITE:
+                self.host.write(self.files)
+            else:
+                getattr(self.host, STEP_METHODS[action])()
+        except OSError as err:  # disk full, read-only file system: a failed step like any other
+            raise StepFailed("%s failed: %s" % (action, err)) from None
 
     def roll_back(self, reason, replaced):
         """Bring back the module that ran before this release, or none if there was none; then fail."""

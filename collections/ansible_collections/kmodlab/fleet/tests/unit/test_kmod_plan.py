@@ -117,3 +117,10 @@ def test_removal_takes_off_what_is_there_only():
     other_kernel = Observed(kernel=K, installed_elsewhere=("/lib/modules/6.1.0-49-amd64/updates/m.ko",))
     assert plan_absent("m", other_kernel) == [REMOVE_INSTALLED]
     assert plan_absent("m", Observed(kernel=K)) == []
+
+
+def test_an_outdated_boot_entry_is_still_taken_away():
+    """An entry written by another version (not current) still goes when persistence is off or at removal."""
+    outdated = deployed(persisted=False, autoload_exists=True)
+    assert plan_present("m", outdated, persist=False) == [UNPERSIST]
+    assert UNPERSIST in plan_absent("m", outdated)

@@ -151,3 +151,28 @@ def test_a_release_that_works_clears_the_record(tmp_path):
     assert not done.failed
     assert host.outcome is None
     assert host.is_loaded == b"new"
+
+
+def test_a_failed_load_without_a_new_install_is_not_rolled_back(tmp_path):
+    """Only loading the installed module (nothing new installed): a failure reports itself, files stay."""
+    host, done = run(tmp_path, b"new", LOAD, [UNLOAD, LOAD])
+    assert done.failed and "rolled back" not in done.result["msg"]
+    assert (tmp_path / "installed.ko").read_bytes() == b"new"
+    assert "restore" not in host.log
+
+
+def test_a_file_error_is_a_failed_step_that_is_rolled_back(tmp_path, monkeypatch):
+    """Disk full while installing: the error is reported as the step's failure and the old module stays."""
+    km = KernelModule(FakeAnsibleModule())
+    km.host = FakeHost(tmp_path, b"old", None)
+    km.files = {}
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    km.host.install = disk_full
+    with pytest.raises(Exit) as done:
+        km.present(FULL)
+    assert done.value.failed
+    assert "install and run depmod failed: [Errno 28] No space left on device" in done.value.result["msg"]
+    assert "the previous m (version old) is loaded" in done.value.result["msg"]
