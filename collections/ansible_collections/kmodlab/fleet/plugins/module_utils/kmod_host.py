@@ -33,39 +33,58 @@ BOOT_SCRIPT_TEXT = r'''#!/usr/bin/python3
 """Load the modules kmodlab deployed; build them first for a kernel that has none (written by kmodlab)."""
 import glob, json, os, shutil, subprocess, sys, tempfile
 
-kernel = os.uname().release
-failed = 0
-for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
-    with open(entry) as handle:
-        module = json.load(handle)
-    name, build_dir = module["name"], module["build_dir"]
-    installed = "/lib/modules/%s/updates/%s.ko" % (kernel, name)
-    kdir = "/lib/modules/%s/build" % kernel
-    if not os.path.isfile(installed):
-        if not os.path.isfile(os.path.join(kdir, "Makefile")):
-            print("%s: no module and no headers for kernel %s; run deploy.yml" % (name, kernel))
-            failed += 1
-            continue
-        with open(os.path.join(build_dir, ".kmodlab-sources.json")) as handle:
-            files = json.load(handle)["files"]
-        work = tempfile.mkdtemp(prefix="kmodlab-%s." % name)
+KERNEL = os.uname().release
+MANIFEST = ".kmodlab-sources.json"
+
+
+def build(name, sources, installed):
+    kdir = "/lib/modules/%s/build" % KERNEL
+    if not os.path.isfile(os.path.join(kdir, "Makefile")):
+        return "no module and no headers for kernel %s; run deploy.yml" % KERNEL
+    with open(os.path.join(sources, MANIFEST)) as handle:
+        files = json.load(handle)["files"]
+    work = tempfile.mkdtemp(prefix="kmodlab-%s." % name)
+    try:
         for file_name in files:
-            shutil.copy(os.path.join(build_dir, file_name), work)
-        print("%s: building for kernel %s" % (name, kernel), flush=True)
-        build = subprocess.run(["timeout", "-k", "10", "900", "make", "-C", kdir, "M=" + work, "modules"])
-        if build.returncode != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
-            print("%s: build for kernel %s failed" % (name, kernel))
-            failed += 1
-            shutil.rmtree(work, ignore_errors=True)
-            continue
+            shutil.copy(os.path.join(sources, file_name), work)
+        print("%s: building for kernel %s from %s" % (name, KERNEL, sources), flush=True)
+        make = subprocess.run(["timeout", "-k", "10", "900", "make", "-C", kdir, "M=" + work, "modules"])
+        if make.returncode != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
+            return "build for kernel %s failed" % KERNEL
         os.makedirs(os.path.dirname(installed), exist_ok=True)
         shutil.copyfile(os.path.join(work, name + ".ko"), installed + ".tmp")
         os.rename(installed + ".tmp", installed)
+    finally:
         shutil.rmtree(work, ignore_errors=True)
-        subprocess.run(["depmod", "-a", kernel], check=True)
-    load = subprocess.run(["timeout", "-k", "10", "120", "modprobe", name])
-    print("%s: %s" % (name, "loaded" if load.returncode == 0 else "modprobe failed"))
-    failed += load.returncode != 0
+    subprocess.run(["depmod", "-a", KERNEL], check=True)
+    return None
+
+
+def load(entry):
+    with open(entry) as handle:
+        module = json.load(handle)
+    name = module["name"]
+    # The sources of the release that last passed its check; else the build directory's.
+    sources = module.get("sources", "")
+    if not os.path.isfile(os.path.join(sources, MANIFEST)):
+        sources = module["build_dir"]
+    installed = "/lib/modules/%s/updates/%s.ko" % (KERNEL, name)
+    if not os.path.isfile(installed):
+        error = build(name, sources, installed)
+        if error:
+            return "%s: %s" % (name, error)
+    result = subprocess.run(["timeout", "-k", "10", "120", "modprobe", name])
+    return None if result.returncode == 0 else "%s: modprobe failed" % name
+
+
+failed = 0
+for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
+    try:
+        error = load(entry)
+    except Exception as err:  # one module's trouble must not keep the others from loading
+        error = "%s: %s" % (entry, err)
+    print(error or "%s: loaded" % os.path.basename(entry)[: -len(".json")], flush=True)
+    failed += error is not None
 sys.exit(1 if failed else 0)
 '''
 
@@ -157,6 +176,8 @@ class ModuleOnHost(object):
         self.sysfs = "/sys/module/%s" % name
         self.autoload = os.path.join(AUTOLOAD_DIR, name + ".json")
         self.record = os.path.join(STATE_DIR, "state", name + ".json")
+        # The sources of the release that last passed its check: what the boot service builds from.
+        self.good_sources = os.path.join(STATE_DIR, "good", name)
         self.limits = dict({"build": 600, "load": 60, "check": 10}, **(limits or {}))
 
     def installed_for(self, kernel):
@@ -214,7 +235,7 @@ class ModuleOnHost(object):
         except (OSError, ValueError):
             return False
         return (
-            entry == {"name": self.name, "build_dir": self.build_dir}
+            entry == self.autoload_entry()
             and read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
             and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
             and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
@@ -236,7 +257,8 @@ class ModuleOnHost(object):
             persisted=self.persisted(),
             installed_elsewhere=sorted(others),
             kept_any=bool(glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko")))
-            or os.path.lexists(self.record),
+            or os.path.lexists(self.record)
+            or os.path.lexists(self.good_sources),
             autoload_exists=os.path.lexists(self.autoload),
         )
         if files is not None:
@@ -307,7 +329,14 @@ class ModuleOnHost(object):
                 os.unlink(BOOT_WANTS)
             os.makedirs(os.path.dirname(BOOT_WANTS), exist_ok=True)
             os.symlink(BOOT_UNIT, BOOT_WANTS)
-        write_file(self.autoload, json.dumps({"name": self.name, "build_dir": self.build_dir}, sort_keys=True) + "\n")
+        write_file(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
+
+    def autoload_entry(self):
+        return {"name": self.name, "build_dir": self.build_dir, "sources": self.good_sources}
+
+    def save_good_sources(self, files):
+        """Remember FILES as the sources of the module that now runs and passed its check."""
+        write_sources(self.good_sources, files)
 
     def unpersist(self):
         if os.path.lexists(self.autoload):
@@ -333,6 +362,8 @@ class ModuleOnHost(object):
                 os.rmdir(os.path.dirname(path))
         if os.path.lexists(self.record):
             os.unlink(self.record)
+        if os.path.isdir(self.good_sources):
+            shutil.rmtree(self.good_sources)
 
     def remove_sources(self):
         if os.path.islink(self.build_dir) or not os.path.isdir(self.build_dir):

@@ -223,6 +223,11 @@ class KernelModule(object):
             if not (replaced or BUILD in plan):
                 self.fail(str(err))
             self.roll_back("on kernel %s, %s" % (self.host.kernel, err), replaced)
+        if plan:
+            try:
+                self.host.save_good_sources(self.files)  # what the boot service builds for a new kernel
+            except OSError as err:
+                self.fail("the release works, but saving its sources failed: %s" % err)
         self.host.record_outcome(None)
 
     def main(self):

@@ -97,6 +97,9 @@ class FakeHost:
     def record_outcome(self, message):
         self.outcome = message
 
+    def save_good_sources(self, files):
+        self.log.append("save sources")
+
 
 def run(tmp_path, previous, fail_at, plan):
     km = KernelModule(FakeAnsibleModule())
@@ -146,11 +149,18 @@ def test_no_previous_module_ends_with_none_and_says_so(tmp_path):
     assert host.is_loaded is None
 
 
-def test_a_release_that_works_clears_the_record(tmp_path):
+def test_a_release_that_works_clears_the_record_and_keeps_its_sources(tmp_path):
     host, done = run(tmp_path, b"old", None, FULL)
     assert not done.failed
     assert host.outcome is None
     assert host.is_loaded == b"new"
+    assert host.log[-2:] == ["check", "save sources"]
+
+
+def test_a_failed_release_keeps_the_sources_of_the_one_that_runs(tmp_path):
+    """After a rollback the saved sources stay those of the module that passed (the boot build uses them)."""
+    host, _ = run(tmp_path, b"old", LOAD, FULL)
+    assert "save sources" not in host.log
 
 
 def test_a_failed_load_without_a_new_install_is_not_rolled_back(tmp_path):
