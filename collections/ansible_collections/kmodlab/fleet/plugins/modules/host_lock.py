@@ -60,39 +60,16 @@ ansible_facts:
   returned: always
 """
 
-import json
 import os
-import time
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def read_lock(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
-
-
-def try_take(path, owner, ttl, now):
-    """Take the lock if it is free, ours or expired; return the holder that kept us out, or None."""
-    current = read_lock(path)
-    if current and current.get("owner") != owner and now - current.get("since", 0) < ttl:
-        return current
-    tmp = "%s.%d" % (path, os.getpid())
-    with open(tmp, "w") as handle:
-        json.dump({"owner": owner, "since": now}, handle)
-    if current is None:
-        try:
-            os.link(tmp, path)  # fails if someone took it meanwhile
-        except FileExistsError:
-            os.unlink(tmp)
-            return read_lock(path) or {"owner": "?", "since": now}
-        os.unlink(tmp)
-    else:
-        os.rename(tmp, path)
-    return None
+from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
+    DEFAULT_PATH,
+    LockBusy,
+    read_lock,
+    release,
+    take,
+)
 
 
 def main():
@@ -102,7 +79,7 @@ def main():
             "owner": {"type": "str", "required": True},
             "wait": {"type": "int", "default": 300},
             "ttl": {"type": "int", "default": 3600},
-            "path": {"type": "path", "default": "/run/kmodlab.lock"},
+            "path": {"type": "path", "default": DEFAULT_PATH},
         },
         supports_check_mode=True,
     )
@@ -112,31 +89,16 @@ def main():
     before = read_lock(path)
     result["holder"] = before.get("owner", "") if before else ""
     if params["state"] == "released":
-        if before and before.get("owner") == owner and not module.check_mode:
-            os.unlink(path)
+        if not module.check_mode:
+            release(path, owner)
         module.exit_json(**result)
     if module.check_mode:
         module.exit_json(**result)  # check mode takes no lock: it changes nothing a second run could trip on
-    started = time.time()
-    while True:
-        holder = try_take(path, owner, params["ttl"], time.time())
-        if holder is None:
-            break
-        if time.time() - started >= params["wait"]:
-            result["waited"] = round(time.time() - started, 1)
-            module.fail_json(
-                msg="the host is locked by another deploy (%s, since %s); waited %d s. Run again when it is done,"
-                " or remove %s on the host if that run is gone."
-                % (
-                    holder.get("owner"),
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0))),
-                    params["wait"],
-                    path,
-                ),
-                **result,
-            )
-        time.sleep(1)
-    result["waited"] = round(time.time() - started, 1)
+    try:
+        result["waited"] = take(path, owner, params["wait"], params["ttl"])
+    except LockBusy as err:
+        result["waited"] = err.waited
+        module.fail_json(msg=str(err), **result)
     module.exit_json(**result)
 
 

@@ -69,15 +69,14 @@ traces:
 """
 
 import os
-import re
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
     decode_files,
     refuse_symlinks,
     source_diffs,
-    sources_current,
     write_sources,
 )
 
@@ -103,21 +102,14 @@ def main():
         supports_check_mode=True,
     )
     dest, expected = module.params["dest"], module.params["expected"]
-    traces = [os.path.join(dest, "empty.trace"), os.path.join(dest, "part1.trace")]
+    traces = part1.trace_paths(dest)
     result = {"changed": False, "traces": traces, "actions": []}
     try:
         files = decode_files(module.params["files"])
         refuse_symlinks(dest)
     except SourceError as err:
         module.fail_json(msg="Part I: %s" % err, **result)
-    make = module.get_bin_path("make")  # none yet on a fresh host in check mode: then nothing is current
-    current = sources_current(dest, files)
-    # make -q: are both traces newer than the programs and the programs than their sources?
-    traces_current = (
-        current
-        and make is not None
-        and module.run_command([make, "-q", "-C", dest, "empty.trace", "part1.trace"])[0] == 0
-    )
+    current, traces_current = part1.current(module, dest, files)
     steps = plan(current, traces_current)
     result.update(actions=steps, changed=bool(steps))
     if WRITE in steps and module._diff:
@@ -131,15 +123,9 @@ def main():
         for trace in traces:
             if os.path.exists(trace):
                 os.unlink(trace)
-    make = module.get_bin_path("make", required=True)
-    rc, out, err = module.run_command([make, "-C", dest, "check", "EXPECTED=%d" % expected])
-    result["output"] = out + err
-    match = re.search(r"^difference: (-?\d+) ", out, re.MULTILINE)
-    if match:
-        result["difference"] = int(match.group(1))
-        added = re.search(r"^added: (.*)$", out, re.MULTILINE)
-        result["added"] = added.group(1).split() if added else []
-    if rc != 0:
+    passed, facts = part1.check(module, dest, expected)
+    result.update(facts)
+    if not passed:
         module.fail_json(
             msg="Part I check failed: part1 must make exactly %d more system calls than empty" % expected, **result
         )

@@ -1,0 +1,240 @@
+#!/usr/bin/python
+"""Take a host's deploy lock and tell, in one call, whether the host already runs the wanted release."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: in_place
+short_description: Take the deploy lock and tell whether the host already runs the wanted release
+description:
+  - The first step of a deploy, made so that a re-run with nothing to do costs one call on the host
+    instead of one per package list, module and exercise.
+  - Takes the deploy lock as M(kmodlab.fleet.host_lock) does (same file, same owner semantics), then
+    observes the host read-only. The host is in place when the build packages are installed (and the
+    running kernel's headers provide C(/lib/modules/<release>/build)), every module needs no step of
+    M(kmodlab.fleet.kernel_module)'s plan and its /proc entry answers, and the Part I traces are current
+    and pass their check.
+  - In place, the lock is given back before the call returns, and nothing else needs to run. Otherwise the
+    lock is kept for the steps that follow (which take it again as the same owner) and C(reasons) says
+    what differs.
+  - In check mode no lock is taken.
+options:
+  owner:
+    description: Who takes the lock (one value per run).
+    type: str
+    required: true
+  wait:
+    description: Seconds to wait for another owner's lock before failing.
+    type: int
+    default: 300
+  ttl:
+    description: Seconds after which a lock is taken to belong to a run that died.
+    type: int
+    default: 3600
+  lock_path:
+    description: The lock file.
+    type: path
+    default: /run/kmodlab.lock
+  packages:
+    description: Debian packages that must be installed.
+    type: list
+    elements: str
+    default: []
+  running_kernel_headers:
+    description: Also require C(linux-headers-<running release>) and its C(build) directory.
+    type: bool
+    default: true
+  modules:
+    description:
+      - The modules, each with C(name), C(files) (as the P(kmodlab.fleet.source_files#lookup) lookup reads
+        them), C(build_dir), C(proc_entry) (may be empty) and C(persist), as M(kmodlab.fleet.kernel_module)
+        takes them.
+    type: list
+    elements: dict
+    default: []
+  part1:
+    description: The Part I exercise, with C(files), C(dest) and C(expected) as M(kmodlab.fleet.syscall_exercise)
+      takes them; omit to leave it out.
+    type: dict
+  check_timeout:
+    description: Seconds the read of each /proc entry may take.
+    type: int
+    default: 10
+author:
+  - kmodlab
+"""
+
+EXAMPLES = r"""
+- name: Take the deploy lock and read whether the host already runs this release
+  kmodlab.fleet.in_place:
+    owner: "alice@controller 2026-11-26T06:00:00"
+    packages: [build-essential, strace]
+    modules:
+      - name: my_timer
+        files: "{{ lookup('kmodlab.fleet.source_files', 'module_src/my_timer', patterns=['*.c', 'Makefile']) }}"
+        build_dir: /usr/local/src/kmodlab/my_timer
+        proc_entry: /proc/timer
+        persist: true
+"""
+
+RETURN = r"""
+in_place:
+  description: Whether the host already runs the wanted release (then the lock has been given back).
+  type: bool
+  returned: always
+reasons:
+  description: What differs from the wanted release (empty when in place).
+  type: list
+  elements: str
+  returned: always
+  sample: ["package strace is not installed", "my_timer: build, install and run depmod, unload, load"]
+modules:
+  description: Per module, C(name), C(version) and C(srcversion) of the loaded module (when in place).
+  type: list
+  elements: dict
+  returned: always
+part1:
+  description: The Part I check's C(difference) and C(added) system calls (when in place).
+  type: dict
+  returned: always
+holder:
+  description: The owner that held the lock before this call (empty if none).
+  type: str
+  returned: always
+waited:
+  description: Seconds spent waiting for another owner's lock.
+  type: float
+  returned: always
+ansible_facts:
+  description: C(kernel), the running kernel release.
+  type: dict
+  returned: always
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Refusal, plan_present
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
+from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
+    DEFAULT_PATH,
+    LockBusy,
+    read_lock,
+    release,
+    take,
+)
+from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
+
+DPKG_STATUS = "/var/lib/dpkg/status"
+
+
+def installed_packages(names, status_path=DPKG_STATUS):
+    """Which of NAMES dpkg has fully installed (its status file, read without starting apt)."""
+    try:
+        with open(status_path) as handle:
+            text = "\n" + handle.read()
+    except OSError:
+        return set()
+    found = set()
+    for name in names:
+        start = text.find("\nPackage: %s\n" % name)
+        if start < 0:
+            continue
+        end = text.find("\n\n", start + 1)
+        if "\nStatus: install ok installed\n" in text[start : end if end >= 0 else len(text)] + "\n":
+            found.add(name)
+    return found
+
+
+def package_reasons(wanted, kernel, headers, status_path=DPKG_STATUS):
+    reasons = []
+    if headers:
+        wanted = list(wanted) + ["linux-headers-%s" % kernel]
+    have = installed_packages(wanted, status_path)
+    reasons += ["package %s is not installed" % name for name in wanted if name not in have]
+    if headers and not os.path.isfile("/lib/modules/%s/build/Makefile" % kernel):
+        reasons.append("no headers for the running kernel at /lib/modules/%s/build" % kernel)
+    return reasons
+
+
+def module_reasons(module, spec, limit):
+    """Why SPEC's module is not in place (an empty list when it is), and its facts."""
+    name = spec["name"]
+    host = ModuleOnHost(module, name, spec["build_dir"], {"check": limit})
+    files = decode_files(spec["files"])
+    try:
+        steps = plan_present(name, host.observe(files), spec.get("persist", True))
+    except Refusal as err:
+        return ["%s: %s" % (name, err)], {}
+    if steps:
+        return ["%s: %s" % (name, ", ".join(steps))], {}
+    if host.last_rollback():
+        return ["%s: its last release was rolled back" % name], {}
+    try:
+        facts = host.check(spec.get("proc_entry") or None)
+    except StepFailed as err:
+        return ["%s: %s" % (name, err)], {}
+    return [], {"name": name, "version": facts["version"], "srcversion": facts["srcversion"]}
+
+
+def part1_reasons(module, spec):
+    dest = spec["dest"]
+    files = decode_files(spec["files"])
+    sources, traces = part1.current(module, dest, files)
+    if not (sources and traces):
+        return ["Part I: %s" % ("sources differ" if not sources else "traces are not current")], {}
+    passed, facts = part1.check(module, dest, spec.get("expected", 5))
+    if not passed:
+        return ["Part I: its check fails"], {}
+    return [], {"difference": facts.get("difference"), "added": facts.get("added", [])}
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "owner": {"type": "str", "required": True},
+            "wait": {"type": "int", "default": 300},
+            "ttl": {"type": "int", "default": 3600},
+            "lock_path": {"type": "path", "default": DEFAULT_PATH},
+            "packages": {"type": "list", "elements": "str", "default": []},
+            "running_kernel_headers": {"type": "bool", "default": True},
+            "modules": {"type": "list", "elements": "dict", "default": []},
+            "part1": {"type": "dict"},
+            "check_timeout": {"type": "int", "default": 10},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    path, owner = params["lock_path"], params["owner"]
+    kernel = os.uname().release
+    result = {"changed": False, "ansible_facts": {"kernel": kernel}, "waited": 0.0, "modules": [], "part1": {}}
+    before = read_lock(path)
+    result["holder"] = before.get("owner", "") if before else ""
+    if not module.check_mode:  # check mode takes no lock: it changes nothing a second run could trip on
+        try:
+            result["waited"] = take(path, owner, params["wait"], params["ttl"])
+        except LockBusy as err:
+            result["waited"] = err.waited
+            module.fail_json(msg=str(err), **result)
+    reasons = package_reasons(params["packages"], kernel, params["running_kernel_headers"])
+    try:
+        for spec in params["modules"]:
+            why, facts = module_reasons(module, spec, params["check_timeout"])
+            reasons += why
+            if facts:
+                result["modules"].append(facts)
+        if params["part1"]:
+            why, result["part1"] = part1_reasons(module, params["part1"])
+            reasons += why
+    except (SourceError, StepFailed, KeyError) as err:
+        reasons.append("cannot tell: %s" % err)  # the steps that follow report it properly
+    result.update(in_place=not reasons, reasons=reasons)
+    if not reasons and not module.check_mode:
+        release(path, owner)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

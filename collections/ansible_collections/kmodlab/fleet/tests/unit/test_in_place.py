@@ -1,0 +1,87 @@
+"""in_place: one call tells whether a host already runs the wanted release; the lock is kept only when it does not."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from ansible_collections.kmodlab.fleet.plugins.modules.in_place import installed_packages, package_reasons
+from test_modules_refuse_bad_input import run_module
+
+STATUS = """Package: build-essential
+Status: install ok installed
+Version: 12.9
+
+Package: strace
+Status: deinstall ok config-files
+Version: 6.1-0.1
+
+Package: linux-headers-6.1.0-test-amd64
+Status: install ok installed
+Description: headers
+ Status: install ok installed
+"""
+
+
+def probe(tmp_path, check_mode=False, **args):
+    args = {"owner": "alice", "lock_path": str(tmp_path / "kmodlab.lock"), "running_kernel_headers": False, **args}
+    return run_module("in_place", args, tmp_path, check_mode)
+
+
+def lock_owner(tmp_path):
+    path = tmp_path / "kmodlab.lock"
+    return json.loads(path.read_text())["owner"] if path.exists() else None
+
+
+def test_only_fully_installed_packages_count(tmp_path):
+    status = tmp_path / "status"
+    status.write_text(STATUS)
+    names = ["build-essential", "strace", "linux-headers-6.1.0-test-amd64", "linux-headers-6.1.0-test", "absent"]
+    assert installed_packages(names, str(status)) == {"build-essential", "linux-headers-6.1.0-test-amd64"}
+    reasons = package_reasons(["build-essential", "strace"], "6.1.0-test-amd64", True, str(status))
+    assert reasons[0] == "package strace is not installed"
+    # The package is there, but this controller has no such build directory: not in place either.
+    assert reasons[1:] == ["no headers for the running kernel at /lib/modules/6.1.0-test-amd64/build"]
+
+
+def test_in_place_gives_the_lock_back(tmp_path):
+    result = probe(tmp_path, packages=["dpkg"])  # dpkg is installed on every Debian controller
+    assert result["in_place"] and result["reasons"] == []
+    assert lock_owner(tmp_path) is None
+
+
+def test_not_in_place_keeps_the_lock_and_says_why(tmp_path):
+    result = probe(tmp_path, packages=["dpkg", "kmodlab-no-such-package"])
+    assert not result["in_place"]
+    assert result["reasons"] == ["package kmodlab-no-such-package is not installed"]
+    assert lock_owner(tmp_path) == "alice"  # held for the steps that follow, which take it again as alice
+    assert not run_module("host_lock", {"owner": "alice", "path": str(tmp_path / "kmodlab.lock")}, tmp_path).get(
+        "failed"
+    )
+
+
+def test_check_mode_takes_no_lock(tmp_path):
+    result = probe(tmp_path, check_mode=True, packages=["kmodlab-no-such-package"])
+    assert not result["in_place"] and lock_owner(tmp_path) is None
+
+
+def test_another_owners_lock_is_waited_for_then_fails(tmp_path):
+    (tmp_path / "kmodlab.lock").write_text(json.dumps({"owner": "bob", "since": 9e12}))
+    result = probe(tmp_path, wait=0)
+    assert result["failed"] and "locked by another deploy (bob" in result["msg"]
+    assert lock_owner(tmp_path) == "bob"
+
+
+def test_a_module_that_is_not_deployed_is_not_in_place(tmp_path):
+    source = base64.b64encode(b"/* module */\n").decode()
+    spec = {"name": "kmodlab_test_absent", "files": {"kmodlab_test_absent.c": source},
+            "build_dir": str(tmp_path / "build"), "proc_entry": "", "persist": False}  # fmt: skip
+    result = probe(tmp_path, modules=[spec])
+    assert not result["in_place"]
+    assert result["reasons"] == ["kmodlab_test_absent: write sources, build, install and run depmod, load"]
+
+
+def test_part1_without_its_traces_is_not_in_place(tmp_path):
+    files = {name: base64.b64encode(b"x\n").decode() for name in ("empty.c", "part1.c", "Makefile")}
+    result = probe(tmp_path, part1={"files": files, "dest": str(tmp_path / "syscalls"), "expected": 5})
+    assert not result["in_place"] and result["reasons"] == ["Part I: sources differ"]

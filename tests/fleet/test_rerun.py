@@ -1,0 +1,72 @@
+"""A re-run with nothing to do is one call per host, and it still sees drift in every part it skips.
+
+deploy.yml's first step on a host (kmodlab.fleet.in_place) decides whether anything else runs. These
+tests show it says "in place" only when nothing differs: after a package the build needs is removed
+and a Part I trace deleted, it names both, the steps run again and put them back, and the run after
+that is in place again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fleet_helpers import hosts_under_test, recap, run_playbook
+
+pytestmark = pytest.mark.redeploy
+PROBE_TASK = "kmodlab : Take the host's deploy lock and read whether it already runs this release"
+INSTALL_TASK = "kbuild_env : Ensure build packages are installed"
+TRACE = "/var/lib/kmodlab/syscalls/part1.trace"
+JSON_RESULTS = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
+
+
+def results(output: str, task: str, hostname: str) -> list[str]:
+    """The status (ok, changed, skipping) and the JSON result of TASK for HOSTNAME, in a -v run's output."""
+    found = []
+    for section in re.split(r"^TASK \[", output, flags=re.MULTILINE)[1:]:
+        if section.startswith(task + "]"):
+            match = re.search(rf"^(\w+): \[{re.escape(hostname)}\](?: => (\{{.*\}}))?$", section, re.MULTILINE)
+            if match:
+                found.append((match.group(1), json.loads(match.group(2) or "{}")))
+    return found
+
+
+@pytest.fixture(scope="session")
+def reruns(request):
+    """deploy.yml with nothing to do; then with strace removed and a trace deleted on every host; then again."""
+    hosts = hosts_under_test(request)
+    names = [h.backend.get_hostname() for h in hosts]
+    limit = ",".join(names)
+    runs = {"nothing": run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)}
+    for h in hosts:
+        h.run_test(f"dpkg -r strace >/dev/null && rm {TRACE}")
+    runs["drift"] = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)
+    runs["again"] = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)
+    for name, run in runs.items():
+        assert run.returncode == 0, name + ":\n" + run.stdout + run.stderr
+    return {name: run.stdout for name, run in runs.items()}
+
+
+@pytest.mark.parametrize("run", ["nothing", "again"])
+def test_a_run_with_nothing_to_do_is_in_place_and_skips_every_step(host, reruns, run):
+    name = host.backend.get_hostname()
+    [(status, probe)] = results(reruns[run], PROBE_TASK, name)
+    assert status == "ok" and probe["in_place"] and probe["reasons"] == []
+    assert [m["name"] for m in probe["modules"]] == ["hello", "my_timer"]
+    assert probe["part1"]["difference"] == 5
+    assert [status for status, _ in results(reruns[run], INSTALL_TASK, name)] in ([], ["skipping"])
+    assert recap(reruns[run], name)["changed"] == 0
+    assert host.file("/run/kmodlab.lock").exists is False  # given back in the same call
+
+
+def test_drift_is_named_and_put_right(host, reruns):
+    name = host.backend.get_hostname()
+    [(_, probe)] = results(reruns["drift"], PROBE_TASK, name)
+    assert not probe["in_place"]
+    assert "package strace is not installed" in probe["reasons"]
+    assert "Part I: traces are not current" in probe["reasons"]
+    assert [status for status, _ in results(reruns["drift"], INSTALL_TASK, name)] == ["changed"]
+    assert host.package("strace").is_installed
+    assert host.file(TRACE).exists
+    assert host.file("/run/kmodlab.lock").exists is False
