@@ -7,6 +7,7 @@ One module per job:
 - images: base disks, built with mmdebstrap and cached (and which of them running machines use).
 - vm: one machine's life (overlay, the kernel it boots, QEMU command line and process, stop), and the KVM probe.
 - ssh: the lab's ssh key, known_hosts, its one ssh client config and the Ansible inventory.
+- cache: the package cache (an apt-cacher-ng of the lab's own) and the counts from its log.
 - lab: a lab's lifecycle (up, down, its machines; stop, start and reboot one of them).
 - signals: SIGTERM and SIGHUP act like Ctrl-C; clean-up is not cut short.
 - progress: timed progress lines.

@@ -1,4 +1,4 @@
-"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|image."""
+"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|image|cache."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from kmodlab import LabError
+from kmodlab.cache import LogMark, PackageCache, log_mark, read_transfers, stats, stats_text
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
 from kmodlab.images import cache_dir, ensure_image
 from kmodlab.lab import DEFAULT_INVENTORY, DEFAULT_SSH_TIMEOUT, Lab, VmSpec
@@ -40,6 +41,19 @@ def parser() -> argparse.ArgumentParser:
         dest="vms",
         metavar="NAME[=DISTRO]",
         help=f"a machine to run (repeatable; default: {' '.join(DEFAULT_FLEET)}); distros: {', '.join(DISTROS)}",
+    )
+    up.add_argument(
+        "--airgap",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="give machine NAME no route out: it reaches packages only through the package cache (repeatable)",
+    )
+    up.add_argument(
+        "--no-package-cache",
+        action="store_false",
+        dest="package_cache",
+        help="let the machines fetch packages from the mirror themselves, not through the package cache",
     )
     up.add_argument(
         "--accel",
@@ -95,7 +109,27 @@ def parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="build (or check) the base images only")
     image.add_argument("distros", nargs="*", default=list(DEFAULT_FLEET), help="default: " + " ".join(DEFAULT_FLEET))
+
+    cache = sub.add_parser("cache", help="the package cache on this controller (apt-cacher-ng), for every lab")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    cache_sub.add_parser("status", help="whether it runs, its port and where its packages and log are")
+    cache_stats = cache_sub.add_parser(
+        "stats", help="per .deb file: times fetched from the mirror and served to the machines (since it started)"
+    )
+    cache_stats.add_argument("--json", action="store_true", help="print the counts as JSON")
+    cache_stats.add_argument("--since", type=float, metavar="UNIX_TIME", help="only transfers at or after this time")
+    cache_stats.add_argument(
+        "--mark", type=log_mark_argument, metavar="MARK", help="only transfers after MARK (printed by `cache mark`)"
+    )
+    cache_sub.add_parser("mark", help="print the end of the cache's log now, for `cache stats --mark`")
     return p
+
+
+def log_mark_argument(text: str) -> LogMark:
+    try:
+        return LogMark.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def inventory_path(lab: Lab, value: str | None) -> Path | None:
@@ -107,8 +141,9 @@ def inventory_path(lab: Lab, value: str | None) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     lab = Lab(args.lab)
     if args.command == "up":
-        specs = [VmSpec.parse(text) for text in (args.vms or DEFAULT_FLEET)]
-        lab.up(specs, args.accel, args.timeout, args.cpus, args.memory, inventory_path(lab, args.inventory))
+        specs = VmSpec.parse_all(args.vms or DEFAULT_FLEET, args.airgap)
+        inventory = inventory_path(lab, args.inventory)
+        lab.up(specs, args.accel, args.timeout, args.cpus, args.memory, inventory, args.package_cache)
         if args.json:
             print(json.dumps(lab.instances(), indent=2))
         return 0
@@ -125,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
         for vm in vms:
             c = vm.config
             state = "running" if vm.running() else "stopped"
-            print(f"{vm.name:12} {state:8} {c.distro:9} kernel {c.kernel:20} ssh 127.0.0.1:{c.port} {c.accel}")
+            network = " airgap" if c.airgap else ""
+            print(f"{vm.name:12} {state:8} {c.distro:9} kernel {c.kernel:20} ssh 127.0.0.1:{c.port} {c.accel}{network}")
         return 0
     if args.command == "ssh":
         vm = lab.machine(args.name, running=True)
@@ -148,7 +184,25 @@ def run(args: argparse.Namespace) -> int:
             image = ensure_image(get_distro(name), mirror, cache_dir())
             print(f"{name}: {image.path} (kernel {image.meta['kernel']})")
         return 0
+    if args.command == "cache":
+        return cache_command(args, PackageCache())
     raise AssertionError(args.command)
+
+
+def cache_command(args: argparse.Namespace, cache: PackageCache) -> int:
+    if args.cache_command == "status":
+        port = cache.port()
+        print(f"apt-cacher-ng on 127.0.0.1:{port}" if port else "not running (a lab's up starts it)")
+        print(f"packages: {cache.data_dir}\ntransfer log: {cache.log}")
+        return 0
+    if args.cache_command == "mark":
+        print(log_mark(cache.log))
+        return 0
+    if args.cache_command == "stats":
+        report = stats(read_transfers(cache.log, since=args.since, mark=args.mark))
+        print(json.dumps(report, indent=2) if args.json else stats_text(report))
+        return 0
+    raise AssertionError(args.cache_command)
 
 
 def main(argv: list[str] | None = None) -> int:

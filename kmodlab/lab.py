@@ -3,6 +3,9 @@
 A lab lives in HOME/NAME (HOME is KMODLAB_HOME, else .lab in this repository):
 its ssh files (see kmodlab.ssh) and vms/NAME/ for each machine. The lab removes
 only what it wrote there.
+
+By default its machines fetch packages through the package cache (kmodlab.cache), which
+`up` and `start` start (or reuse) and `down` stops once no running machine uses it.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import contextlib
 import os
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kmodlab import LabError
+from kmodlab.cache import PackageCache
 from kmodlab.distros import get_distro
 from kmodlab.images import Image, cache_dir, ensure_image
 from kmodlab.mirror import find_mirror
@@ -62,19 +67,35 @@ def labs_home() -> Path:
 
 @dataclass(frozen=True)
 class VmSpec:
-    """A machine asked for on the command line: NAME or NAME=DISTRO (the name is the distro by default)."""
+    """A machine asked for on the command line: NAME or NAME=DISTRO (the name is the distro by default).
+
+    AIRGAP: the machine gets no route out; it reaches packages through the package cache only.
+    """
 
     name: str
     distro: str
+    airgap: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> VmSpec:
+    def parse(cls, text: str, airgap: bool = False) -> VmSpec:
         name, _, distro = text.partition("=")
-        spec = cls(name=name, distro=distro or name)
+        spec = cls(name=name, distro=distro or name, airgap=airgap)
         get_distro(spec.distro)
         if not name or not name.replace("-", "").isalnum():
             raise LabError(f"bad machine name {name!r}: use letters, digits and '-'")
         return spec
+
+    @classmethod
+    def parse_all(cls, texts: Iterable[str], airgapped: Iterable[str] = ()) -> list[VmSpec]:
+        """The machines TEXTS ask for; those named in AIRGAPPED air-gapped (each must be one of them)."""
+        texts, airgapped = list(texts), set(airgapped)
+        names = {text.partition("=")[0] for text in texts}
+        unknown = sorted(airgapped - names)
+        if unknown:
+            raise LabError(
+                f"--airgap {unknown[0]}: no such machine among {' '.join(sorted(names))} (name it with --vm too)"
+            )
+        return [cls.parse(text, airgap=text.partition("=")[0] in airgapped) for text in texts]
 
 
 class Lab:
@@ -126,6 +147,7 @@ class Lab:
                 "identity_file": str(self.key),
                 "distro": vm.config.distro,
                 "kernel": vm.config.kernel,
+                "airgap": vm.config.airgap,
             }
             for vm in self.vms()
             if vm.running()
@@ -144,13 +166,22 @@ class Lab:
         cpus: int = DEFAULT_CPUS,
         memory_mib: int = DEFAULT_MEMORY_MIB,
         inventory: Path | None = None,
+        package_cache: bool = True,
     ) -> None:
         """Start the machines that are not running yet, wait until each answers on ssh, write the inventory.
 
+        With PACKAGE_CACHE the machines it starts fetch packages through the package cache
+        (started here, or the running one); without, from the mirror themselves.
         If anything fails or the command is interrupted (KeyboardInterrupt), every
-        machine this call started is stopped again.
+        machine this call started is stopped again (and the package cache, if no machine uses it).
         """
         distros = {spec.distro: get_distro(spec.distro) for spec in specs}
+        airgapped = [spec.name for spec in specs if spec.airgap]
+        if airgapped and not package_cache:
+            raise LabError(
+                f"{airgapped[0]} is to be air-gapped: it gets packages only through the package cache, "
+                "so leave out --no-package-cache"
+            )
         if inventory is not None:
             check_inventory_path(inventory, self.name)
         existing = {vm.name: vm for vm in self.vms()}
@@ -160,6 +191,9 @@ class Lab:
             if vm and vm.running():
                 if vm.config.distro != spec.distro:
                     raise LabError(f"{spec.name} runs {vm.config.distro}, not {spec.distro}: run `down` first")
+                if vm.config.airgap != spec.airgap:
+                    state = "air-gapped" if vm.config.airgap else "not air-gapped"
+                    raise LabError(f"{spec.name} runs {state}, unlike what was asked: run `down` first")
                 say(f"{spec.name} is already running on port {vm.config.port}")
             else:
                 to_start.append(spec)
@@ -171,12 +205,14 @@ class Lab:
             cache = cache_dir()
             images = {name: ensure_image(d, mirror, cache) for name, d in distros.items()}
             accel = choose_accel(accel, next(iter(images.values())), cache)
+        packages = PackageCache() if to_start and package_cache else None
         started: list[Vm] = []
         try:
+            cache_port = packages.ensure() if packages else 0
             for spec in to_start:
                 vm = Vm(self.dir / "vms" / spec.name)
                 started.append(vm)  # before it starts: an interrupt during start stops it too
-                self._start(vm, spec, images[spec.distro], accel, cpus, memory_mib, public_key)
+                self._start(vm, spec, images[spec.distro], accel, cpus, memory_mib, public_key, cache_port)
             deadline = time.monotonic() + timeout
             for vm in started:
                 self._wait_for_ssh(vm, deadline)
@@ -188,6 +224,8 @@ class Lab:
                 for vm in started:
                     vm.stop()
                 self._write_known_hosts()
+                if packages:
+                    packages.stop_if_unused()
             raise
 
     def stop(self, name: str) -> None:
@@ -217,11 +255,14 @@ class Lab:
         config = vm.config
         say(f"booting {name} ({config.distro}, kernel {config.kernel}, {config.accel}) on its disk, port {config.port}")
         try:
+            config = self._with_cache(config)
             self._boot(vm, config, image, public_key, timeout)
         except BaseException:
             with interrupts_held():
                 vm.stop()
                 self._write_known_hosts()
+                if config.cache_port:
+                    PackageCache().stop_if_unused()
             raise
 
     def reboot(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> str:
@@ -240,11 +281,12 @@ class Lab:
         public_key = ensure_key(self.key, f"kmodlab-{self.name}")
         self.write_ssh_config()
         try:
+            config = self._with_cache(vm.config)
             release = self._copy_newest_kernel(vm)
         except KeyboardInterrupt:
             say(f"{name} was not rebooted: it runs on as it was")
             raise
-        config = replace(vm.config, kernel=release)
+        config = replace(config, kernel=release)
         say(f"rebooting {name} into kernel {release}")
         try:
             self._power_off(vm)
@@ -278,6 +320,7 @@ class Lab:
                 say(f"left {vm.dir}: it holds files the lab did not write ({', '.join(p.name for p in left)})")
         if vms_dir.is_dir() and not any(vms_dir.iterdir()):
             vms_dir.rmdir()
+        PackageCache().stop_if_unused()
         record = self.dir / INVENTORY_RECORD
         if record.is_file():
             inventory = Path(record.read_text().strip())
@@ -302,14 +345,28 @@ class Lab:
         self.known_hosts.write_text(known_hosts_lines(keys))
 
     def _start(
-        self, vm: Vm, spec: VmSpec, image: Image, accel: str, cpus: int, memory_mib: int, public_key: str
+        self,
+        vm: Vm,
+        spec: VmSpec,
+        image: Image,
+        accel: str,
+        cpus: int,
+        memory_mib: int,
+        public_key: str,
+        cache_port: int = 0,
     ) -> None:
         taken = {v.config.port for v in self.vms() if v.name != spec.name}  # a stopped machine keeps its port
         port = FIRST_PORT
         for _attempt in range(5):
             port = pick_port(port, taken)
-            config = VmConfig(spec.name, spec.distro, port, accel, image.meta["kernel"], cpus, memory_mib)
-            say(f"booting {spec.name} ({spec.distro}, kernel {config.kernel}, {accel}) with ssh on {ADDRESS}:{port}")
+            config = VmConfig(
+                spec.name, spec.distro, port, accel, image.meta["kernel"], cpus, memory_mib, cache_port, spec.airgap
+            )
+            network = " (air-gapped)" if spec.airgap else ""
+            say(
+                f"booting {spec.name} ({spec.distro}, kernel {config.kernel}, {accel}) "
+                f"with ssh on {ADDRESS}:{port}{network}"
+            )
             try:
                 vm.start(config, image, public_key)
                 return
@@ -318,6 +375,11 @@ class Lab:
                     raise
                 taken.add(port)  # taken between our check and QEMU's bind: try the next one
         raise LabError(f"{spec.name}: could not bind an ssh port for QEMU")
+
+    @staticmethod
+    def _with_cache(config: VmConfig) -> VmConfig:
+        """CONFIG with the port of the package cache, started if need be, for a machine that uses it."""
+        return replace(config, cache_port=PackageCache().ensure()) if config.cache_port else config
 
     def _boot(self, vm: Vm, config: VmConfig, image: Image, public_key: str, timeout: float) -> None:
         """Start VM again on its own disk with CONFIG, wait for ssh, rewrite known_hosts (the caller cleans up)."""

@@ -131,7 +131,10 @@ def close_connection_command(config: Path, port: int) -> list[str]:
 
 
 def inventory_data(hosts: list[dict], ssh_config: Path) -> dict:
-    """The Ansible inventory of a lab: group `lab`, one host a machine, reached with `ssh -F SSH_CONFIG`."""
+    """The Ansible inventory of a lab: group `lab`, one host a machine, reached with `ssh -F SSH_CONFIG`.
+
+    An air-gapped machine has `kmodlab_airgap: true` (the fleet tests check that it has no route out).
+    """
     return {
         "all": {
             "children": {
@@ -145,6 +148,7 @@ def inventory_data(hosts: list[dict], ssh_config: Path) -> dict:
                             # No options of Ansible's own (its ControlPath, ControlPersist): ssh_config has them.
                             "ansible_ssh_args": "",
                             "ansible_python_interpreter": "/usr/bin/python3",
+                            **({"kmodlab_airgap": True} if h.get("airgap") else {}),
                         }
                         for h in hosts
                     }

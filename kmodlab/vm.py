@@ -2,6 +2,11 @@
 
 A machine boots the kernel and initrd of its base image, or, once `reboot` has copied
 a kernel installed inside the guest into its directory, that kernel (see boot_files).
+
+Its network is QEMU's user-mode network: ssh is forwarded from LOOPBACK:port to the guest,
+and the guest reaches the controller's package cache (kmodlab.cache) as its apt proxy at
+PROXY_ADDRESS:PROXY_PORT, which QEMU forwards to the cache through a relay (RELAY) per
+connection. An air-gapped machine (restrict=on) has no other way out.
 """
 
 from __future__ import annotations
@@ -36,13 +41,22 @@ PROBE_TIMEOUT = 90.0
 HOSTKEY_LINE = re.compile(r"KMODLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
 POWEROFF_TIMEOUT = 60.0
 KERNEL_RELEASE = re.compile(r"[0-9][A-Za-z0-9.+~_-]*")
+LOOPBACK = "127.0.0.1"
+# Where a guest finds its apt proxy: an address of QEMU's user network that only this forward answers.
+PROXY_ADDRESS = "10.0.2.100"
+PROXY_PORT = 3142
+PROXY_URL = f"http://{PROXY_ADDRESS}:{PROXY_PORT}"
+RELAY = "socat"  # one per guest connection, started by QEMU; its messages go to /dev/null, not into the stream
 
 
 @dataclass
 class VmConfig:
     """What a machine is and where it listens; saved as vm.json beside its disk.
 
-    Port 0 forwards no ssh port (the KVM probe boot needs none).
+    Port 0 forwards no ssh port (the KVM probe boot needs none). CACHE_PORT is the port of the
+    package cache on LOOPBACK that the guest's apt proxy is forwarded to (0: none, apt goes
+    straight to the mirror). AIRGAP: the guest has no route out (QEMU's restrict=on); ssh and
+    the package cache still reach it.
     """
 
     name: str
@@ -52,9 +66,11 @@ class VmConfig:
     kernel: str
     cpus: int = DEFAULT_CPUS
     memory_mib: int = DEFAULT_MEMORY_MIB
+    cache_port: int = 0
+    airgap: bool = False
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+def port_is_free(port: int, host: str = LOOPBACK) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -68,7 +84,16 @@ def pick_port(preferred: int, taken: set[int], is_free=port_is_free, tries: int 
     for port in range(preferred, preferred + tries):
         if port not in taken and is_free(port):
             return port
-    raise LabError(f"no free port in {preferred}-{preferred + tries - 1} on 127.0.0.1")
+    raise LabError(f"no free port in {preferred}-{preferred + tries - 1} on {LOOPBACK}")
+
+
+def proxy_forward(cache_port: int) -> str:
+    """The netdev option that forwards each guest connection to PROXY_ADDRESS:PROXY_PORT to LOOPBACK:CACHE_PORT.
+
+    QEMU starts RELAY for each connection (cmd:), rather than keeping one connection to the cache
+    for its whole life (a chardev), which would carry only one guest connection.
+    """
+    return f"guestfwd=tcp:{PROXY_ADDRESS}:{PROXY_PORT}-cmd:{RELAY} -lf /dev/null - TCP:{LOOPBACK}:{cache_port}"
 
 
 def qemu_command(
@@ -86,16 +111,25 @@ def qemu_command(
     KERNEL and INITRD are its image's, or the machine's own copies (Vm.boot_files says which).
     PUBLIC_KEY becomes root's authorized key; DAEMONIZE puts QEMU in the background;
     POWEROFF boots to poweroff.target, so that the machine stops by itself (the probe boot).
+    With a CACHE_PORT the guest is told its apt proxy (kmodlab.aptproxy, read by kmodlab-boot).
     """
     append = ["root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "panic=-1", f"systemd.hostname={config.name}"]
     if public_key:
         append.append(f"kmodlab.authkey={base64.b64encode(public_key.strip().encode()).decode()}")
+    if config.cache_port:
+        append.append(f"kmodlab.aptproxy={PROXY_URL}")
     if poweroff:
         append.append("systemd.unit=poweroff.target")
     accel = (
         ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
     )
-    netdev = "user,id=net0" + (f",hostfwd=tcp:127.0.0.1:{config.port}-:22" if config.port else "")
+    netdev = ["user", "id=net0"]
+    if config.port:
+        netdev.append(f"hostfwd=tcp:{LOOPBACK}:{config.port}-:22")
+    if config.airgap:
+        netdev.append("restrict=on")
+    if config.cache_port:
+        netdev.append(proxy_forward(config.cache_port))
     return [
         QEMU,
         "-name", config.name,
@@ -110,7 +144,7 @@ def qemu_command(
         "-initrd", str(initrd),
         "-append", " ".join(append),
         "-drive", f"file={vm_dir / 'overlay.qcow2'},if=virtio,format=qcow2",
-        "-netdev", netdev,
+        "-netdev", ",".join(netdev),
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
         "-serial", f"file:{vm_dir / 'console.log'}",
@@ -300,6 +334,10 @@ class Vm:
         so that the host key read from it is this boot's.
         """
         require_tool(QEMU, "qemu-system-x86")
+        if config.airgap and not config.cache_port:
+            raise LabError(f"{self.name}: an air-gapped machine needs the package cache, its only way to packages")
+        if config.cache_port:
+            require_tool(RELAY, "socat")
         if keep_disk and not self.overlay.is_file():
             raise LabError(f"{self.name} has no disk ({self.overlay}) to boot again: `down`, then `up`, make it anew")
         if not keep_disk:

@@ -3,7 +3,8 @@
 deploy.yml's first step on a host (kmodlab.fleet.in_place) decides whether anything else runs. These
 tests show it says "in place" only when nothing differs: after a package the build needs is removed
 and a Part I trace deleted, it names both, the steps run again and put them back, and the run after
-that is in place again.
+that is in place again. The host's package index is deleted too: kbuild_env installs from the index
+the host has and updates it only when that fails, so that run must fail once and then update it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fleet_helpers import hosts_under_test, recap, run_playbook
 pytestmark = pytest.mark.redeploy
 PROBE_TASK = "kmodlab : Take the host's deploy lock and read whether it already runs this release"
 INSTALL_TASK = "kbuild_env : Ensure build packages are installed"
+UPDATED_INSTALL_TASK = "kbuild_env : Ensure build packages are installed from an updated package index"
 TRACE = "/var/lib/kmodlab/syscalls/part1.trace"
 JSON_RESULTS = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
 
@@ -26,7 +28,9 @@ def results(output: str, task: str, hostname: str) -> list[str]:
     found = []
     for section in re.split(r"^TASK \[", output, flags=re.MULTILINE)[1:]:
         if section.startswith(task + "]"):
-            match = re.search(rf"^(\w+): \[{re.escape(hostname)}\](?: => (\{{.*\}}))?$", section, re.MULTILINE)
+            match = re.search(
+                rf"^(\w+): \[{re.escape(hostname)}\](?:: FAILED!)?(?: => (\{{.*\}}))?$", section, re.MULTILINE
+            )
             if match:
                 found.append((match.group(1), json.loads(match.group(2) or "{}")))
     return found
@@ -40,7 +44,7 @@ def reruns(request):
     limit = ",".join(names)
     runs = {"nothing": run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)}
     for h in hosts:
-        h.run_test(f"dpkg -r strace >/dev/null && rm {TRACE}")
+        h.run_test(f"dpkg -r strace >/dev/null && rm {TRACE} /var/lib/apt/lists/*_Packages*")
     runs["drift"] = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)
     runs["again"] = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)
     for name, run in runs.items():
@@ -66,7 +70,8 @@ def test_drift_is_named_and_put_right(host, reruns):
     assert not probe["in_place"]
     assert "package strace is not installed" in probe["reasons"]
     assert "Part I: traces are not current" in probe["reasons"]
-    assert [status for status, _ in results(reruns["drift"], INSTALL_TASK, name)] == ["changed"]
+    assert [status for status, _ in results(reruns["drift"], INSTALL_TASK, name)] == ["fatal"]  # no index
+    assert [status for status, _ in results(reruns["drift"], UPDATED_INSTALL_TASK, name)] == ["changed"]
     assert host.package("strace").is_installed
     assert host.file(TRACE).exists
     assert host.file("/run/kmodlab.lock").exists is False

@@ -19,3 +19,12 @@ def short_tmp():
     path = Path(tempfile.mkdtemp(prefix="kl-", dir="/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(monkeypatch):
+    """Each test has an image cache of its own (KMODLAB_CACHE): nothing touches the user's, nor its package cache."""
+    path = Path(tempfile.mkdtemp(prefix="klc-", dir="/tmp"))
+    monkeypatch.setenv("KMODLAB_CACHE", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -30,6 +30,21 @@ def test_vm_spec_name_defaults_to_distro():
     assert VmSpec.parse("web-1=debian13") == VmSpec("web-1", "debian13")
 
 
+def test_airgap_names_machines_of_the_command_line():
+    """`--airgap NAME` makes machine NAME air-gapped; a name no --vm gives is an error that says so."""
+    specs = VmSpec.parse_all(["a=debian12", "b=debian13"], airgapped=["b"])
+    assert specs == [VmSpec("a", "debian12"), VmSpec("b", "debian13", airgap=True)]
+    with pytest.raises(LabError, match="--airgap c: no such machine among a b"):
+        VmSpec.parse_all(["a=debian12", "b=debian13"], airgapped=["c"])
+
+
+def test_up_with_an_airgap_for_no_machine_starts_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KMODLAB_HOME", str(tmp_path / "labs"))
+    assert main(["up", "--airgap", "debian14"]) == 1
+    assert "--airgap debian14: no such machine among debian12 debian13" in capsys.readouterr().err
+    assert not (tmp_path / "labs").exists()
+
+
 @pytest.mark.parametrize("text", ["x=debian99", "bad/name=debian12", "=debian12"])
 def test_vm_spec_rejects_bad_input(text):
     """Unknown distributions and names that are not plain words are refused."""

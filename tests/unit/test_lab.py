@@ -133,3 +133,4 @@ def test_each_default_is_written_once():
     assert args.timeout == up["timeout"].default == DEFAULT_SSH_TIMEOUT
     assert args.cpus == up["cpus"].default == config["cpus"].default == DEFAULT_CPUS
     assert args.memory == up["memory_mib"].default == config["memory_mib"].default == DEFAULT_MEMORY_MIB
+    assert args.package_cache is up["package_cache"].default is True

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -341,6 +342,21 @@ def test_reboot_boots_the_newest_installed_kernel_on_the_same_disk_and_port(rebo
     assert lab.instances()[0]["kernel"] == "6.12.48+deb12-amd64"
     assert "ServerAliveInterval 5" in lab.ssh_config.read_text()
     assert fake.stopped == []  # it powered off by itself
+
+
+def test_start_and_reboot_keep_an_airgapped_machine_so_behind_the_package_cache(rebootable, monkeypatch):
+    """The machine stays air-gapped; its apt proxy is forwarded to the cache's port now (started again if need be)."""
+    lab, machine, fake = rebootable
+    machine.write_config(replace(machine.config, cache_port=3150, airgap=True))
+    monkeypatch.setattr(lab_module.PackageCache, "ensure", lambda self: 3160)
+    lab.stop("a")
+    lab.start("a")
+    assert lab.reboot("a") == "6.12.48+deb12-amd64"
+    for command in fake.qemu:
+        netdev = command[command.index("-netdev") + 1].split(",")
+        assert "restrict=on" in netdev and vm.proxy_forward(3160) in netdev
+    assert (machine.config.airgap, machine.config.cache_port) == (True, 3160)
+    assert lab.instances()[0]["airgap"] is True
 
 
 def test_start_boots_a_stopped_machine_on_its_disk_with_its_last_kernel(rebootable):

@@ -67,6 +67,41 @@ def test_qemu_command_for_a_probe_boot_powers_off_in_the_foreground(tmp_path):
     assert "kmodlab.authkey" not in " ".join(cmd)
 
 
+def test_qemu_command_forwards_the_guests_apt_proxy_to_the_package_cache(tmp_path):
+    """With a cache port, each guest connection to 10.0.2.100:3142 runs a relay to the cache on 127.0.0.1 only."""
+    config = VmConfig("a", "debian12", 2222, "tcg", "k", cache_port=3150)
+    cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd.img", tmp_path, "k")
+    netdev = cmd[cmd.index("-netdev") + 1].split(",")
+    assert "guestfwd=tcp:10.0.2.100:3142-cmd:socat -lf /dev/null - TCP:127.0.0.1:3150" in netdev
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in netdev
+    assert "restrict=on" not in netdev
+    assert "kmodlab.aptproxy=http://10.0.2.100:3142" in cmd[cmd.index("-append") + 1].split()
+
+
+def test_qemu_command_of_an_airgapped_machine_restricts_its_network(tmp_path):
+    """restrict=on: no route out; ssh in and the package cache are forwards, which restrict leaves alone."""
+    config = VmConfig("a", "debian12", 2222, "tcg", "k", cache_port=3150, airgap=True)
+    cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd.img", tmp_path, "k")
+    netdev = cmd[cmd.index("-netdev") + 1].split(",")
+    assert netdev[:2] == ["user", "id=net0"]
+    assert {"restrict=on", "hostfwd=tcp:127.0.0.1:2222-:22", vm.proxy_forward(3150)} <= set(netdev)
+
+
+def test_qemu_command_without_a_cache_leaves_apt_alone(tmp_path):
+    """No cache port: no forward, no proxy for the guest (kmodlab-boot then removes its proxy file)."""
+    cmd = qemu_command(VmConfig("a", "debian12", 2222, "tcg", "k"), tmp_path / "k", tmp_path / "i", tmp_path, "k")
+    assert "guestfwd" not in " ".join(cmd) and "kmodlab.aptproxy" not in " ".join(cmd)
+    assert cmd[cmd.index("-netdev") + 1] == "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"
+
+
+def test_an_airgapped_machine_without_the_cache_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(vm, "require_tool", lambda tool, package: None)
+    config = VmConfig("a", "debian12", 2222, "tcg", "k", airgap=True)
+    with pytest.raises(LabError, match="air-gapped machine needs the package cache"):
+        Vm(tmp_path / "a").start(config, Image(tmp_path / "img"), "k")
+    assert not (tmp_path / "a").exists()
+
+
 def test_default_settings_are_written_once():
     """A machine's cpus and memory default to the module's constants."""
     config = VmConfig("a", "debian12", 2222, "tcg", "k")

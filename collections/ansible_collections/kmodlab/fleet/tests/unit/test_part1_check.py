@@ -11,7 +11,10 @@ MAKEFILE = """check:
 \techo run >> runs.log
 \tsh ./check-traces.sh empty.trace part1.trace $(EXPECTED)
 """
-SCRIPT = 'test "$(wc -l < $2)" -gt "$(wc -l < $1)" || exit 1\necho "difference: 5 (10 -> 15)"\necho "added: brk openat"\n'
+SCRIPT = """test "$(wc -l < $2)" -gt "$(wc -l < $1)" || exit 1
+echo "difference: 5 (10 -> 15)"
+echo "added: brk openat"
+"""
 
 
 class Module:
