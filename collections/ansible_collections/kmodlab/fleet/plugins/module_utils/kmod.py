@@ -9,6 +9,7 @@ from __future__ import annotations
 # Steps, in the order a plan carries them out.
 WRITE = "write sources"
 BUILD = "build"
+RECEIVE = "receive the build of another host"
 KEEP = "keep the installed module for rollback"
 INSTALL = "install and run depmod"
 DEPMOD = "run depmod"
@@ -81,18 +82,24 @@ def refuse_if_busy(name, observed):
         )
 
 
-def plan_present(name, observed, persist=True):
+def plan_present(name, observed, persist=True, prebuilt=None):
     """The steps that bring NAME to built, installed, indexed and loaded from the current sources.
 
-    The installed module is kept before it is replaced, so that a release that fails to load or
-    to pass its check can be rolled back to it.
+    PREBUILT is the sha256 of a build of these sources made by another host of the same kernel
+    release: it is received instead of built here (None: build here). The installed module is kept
+    before it is replaced, so that a release that fails to load or to pass its check can be rolled
+    back to it.
     """
     steps = []
     if not observed.sources_current:
         steps.append(WRITE)
-    if WRITE in steps or observed.built_for != observed.kernel or observed.built is None:
+    outdated = WRITE in steps or observed.built_for != observed.kernel
+    if prebuilt is not None:
+        if outdated or observed.built != prebuilt:
+            steps.append(RECEIVE)
+    elif outdated or observed.built is None:
         steps.append(BUILD)
-    if BUILD in steps or observed.built != observed.installed:
+    if BUILD in steps or RECEIVE in steps or observed.built != observed.installed:
         if observed.installed is not None and observed.kept != observed.installed:
             steps.append(KEEP)
         steps.append(INSTALL)

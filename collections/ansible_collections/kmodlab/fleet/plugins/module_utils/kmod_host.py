@@ -26,6 +26,8 @@ AUTOLOAD_DIR = "/etc/kmodlab/autoload.d"
 BOOT_SCRIPT = "/usr/local/sbin/kmodlab-modules"
 BOOT_UNIT = "/etc/systemd/system/kmodlab-modules.service"
 BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.service"
+# The file names of a kernel's own modules, compressed or not.
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 # Run at boot by kmodlab-modules.service: load each module that kernel_module deployed with persist,
 # building and installing it first when the running kernel has none (a kernel upgrade).
@@ -106,10 +108,15 @@ WantedBy=multi-user.target
 )
 
 
+def sha256_of(data):
+    """The sha256 of DATA (bytes) as sha256() gives it for a file; None for None."""
+    return None if data is None else hashlib.sha256(data).hexdigest()
+
+
 def sha256(path):
     try:
         with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
+            return sha256_of(handle.read())
     except OSError:
         return None
 
@@ -157,6 +164,18 @@ def elf_section(path, wanted):
     return b""
 
 
+def modinfo_field(path, field):
+    """FIELD of the uncompressed kernel module at PATH, read from its .modinfo section ("" when absent).
+
+    The section holds NUL-terminated "field=value" entries; modinfo -F FIELD shows the same value.
+    """
+    prefix = field.encode() + b"="
+    for entry in elf_section(path, b".modinfo").split(b"\0"):
+        if entry.startswith(prefix):
+            return entry[len(prefix) :].decode("utf-8", "replace")
+    return ""
+
+
 class StepFailed(Exception):
     """A step failed; the message says which and why."""
 
@@ -170,6 +189,7 @@ class ModuleOnHost(object):
         self.build_dir = build_dir
         self.kernel = os.uname().release
         self.kdir = "/lib/modules/%s/build" % self.kernel
+        self.kernel_tree = "/lib/modules/%s/kernel" % self.kernel  # the running kernel's own modules
         self.installed = self.installed_for(self.kernel)
         self.kept = os.path.join(STATE_DIR, "kept", self.kernel, name + ".ko")
         self.built = os.path.join(build_dir, name + ".ko")
@@ -295,6 +315,36 @@ class ModuleOnHost(object):
         self.run(["make", "-C", self.kdir, "M=" + self.build_dir, "modules"], "kbuild", self.limits["build"])
         if not os.path.isfile(self.built):
             raise StepFailed("the build made no %s.ko; does the Makefile say obj-m += %s.o?" % (self.name, self.name))
+        update_manifest(self.build_dir, {"built_for": self.kernel})
+
+    def running_vermagic(self):
+        """The vermagic of the running kernel, as its own modules carry it (modinfo reads .ko.xz and .ko.zst too)."""
+        tree = self.kernel_tree
+        for directory, subdirectories, names in os.walk(tree):
+            subdirectories.sort()
+            for file_name in sorted(names):
+                if file_name.endswith(MODULE_SUFFIXES):
+                    path = os.path.join(directory, file_name)
+                    return self.run(["modinfo", "-F", "vermagic", path], "modinfo").strip()
+        raise StepFailed("cannot tell the running kernel's vermagic: no module under %s" % tree)
+
+    def receive(self, data):
+        """Take DATA, a build of these sources made on another host, as this host's build if its vermagic fits."""
+        if os.path.exists(self.built):
+            os.unlink(self.built)  # a refused build must not leave the previous .ko looking new
+        update_manifest(self.build_dir, {"built_for": None})
+        received = self.built + ".received"
+        with open(received, "wb") as handle:
+            handle.write(data)
+        theirs = modinfo_field(received, "vermagic").strip()
+        ours = self.running_vermagic()
+        if theirs != ours:
+            os.unlink(received)
+            raise StepFailed(
+                "the received %s.ko was built for vermagic '%s', but the running kernel's is '%s'; "
+                "nothing was installed" % (self.name, theirs, ours)
+            )
+        os.rename(received, self.built)
         update_manifest(self.build_dir, {"built_for": self.kernel})
 
     def keep(self):

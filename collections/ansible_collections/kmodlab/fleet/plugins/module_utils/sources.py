@@ -45,6 +45,20 @@ def decode_files(files):
     return decoded
 
 
+def decode_build(name, prebuilt):
+    """The bytes of PREBUILT, {"<NAME>.ko": base64 content} as the source_files lookup reads a build."""
+    wanted = name + ".ko"
+    if sorted(prebuilt) != [wanted]:
+        raise SourceError("prebuilt must hold %s and nothing else, not %s" % (wanted, ", ".join(sorted(prebuilt))))
+    try:
+        data = base64.b64decode(prebuilt[wanted], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise SourceError("prebuilt %s: content is not base64 (use the source_files lookup)" % wanted) from None
+    if data[:4] != b"\x7fELF":
+        raise SourceError("prebuilt %s is not an ELF file, so not a kernel module" % wanted)
+    return data
+
+
 def digest(files):
     """A digest of file names and contents."""
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()

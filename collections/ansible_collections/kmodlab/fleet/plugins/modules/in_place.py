@@ -1,12 +1,12 @@
 #!/usr/bin/python
-"""Take a host's deploy lock and tell, in one call, whether the host already runs the wanted release."""
+"""Tell, in one call and under the host's deploy lock, whether the host already runs the wanted release."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: in_place
-short_description: Take the deploy lock and tell whether the host already runs the wanted release
+short_description: Tell, under the deploy lock, whether the host already runs the wanted release
 description:
   - The first step of a deploy, made so that a re-run with nothing to do costs one call on the host
     instead of one per package list, module and exercise.
@@ -15,9 +15,10 @@ description:
     running kernel's headers provide C(/lib/modules/<release>/build)), every module needs no step of
     M(kmodlab.fleet.kernel_module)'s plan and its /proc entry answers, and the Part I traces are current
     and pass their check.
-  - In place, the lock is given back before the call returns, and nothing else needs to run. Otherwise the
-    lock is kept for the steps that follow (which take it again as the same owner) and C(reasons) says
-    what differs.
+  - The lock is held only while the host is read, so that another run's half-done deploy is never taken
+    for the wanted state, and given back before the call returns: a rollout takes it again at the host's
+    turn (M(kmodlab.fleet.host_lock)), and a rollout that stops before that turn leaves no lock behind.
+    C(reasons) says what differs.
   - In check mode no lock is taken.
 options:
   owner:
@@ -48,8 +49,8 @@ options:
   modules:
     description:
       - The modules, each with C(name), C(files) (as the P(kmodlab.fleet.source_files#lookup) lookup reads
-        them), C(build_dir), C(proc_entry) (may be empty) and C(persist), as M(kmodlab.fleet.kernel_module)
-        takes them.
+        them), C(build_dir), C(proc_entry) (may be empty), C(persist) and optionally C(prebuilt), as
+        M(kmodlab.fleet.kernel_module) takes them.
     type: list
     elements: dict
     default: []
@@ -80,7 +81,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 in_place:
-  description: Whether the host already runs the wanted release (then the lock has been given back).
+  description: Whether the host already runs the wanted release.
   type: bool
   returned: always
 reasons:
@@ -117,7 +118,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Refusal, plan_present
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
     DEFAULT_PATH,
     LockBusy,
@@ -125,7 +126,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
     release,
     take,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
+from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_build, decode_files
 
 DPKG_STATUS = "/var/lib/dpkg/status"
 
@@ -164,8 +165,9 @@ def module_reasons(module, spec, limit):
     name = spec["name"]
     host = ModuleOnHost(module, name, spec["build_dir"], {"check": limit})
     files = decode_files(spec["files"])
+    prebuilt = sha256_of(decode_build(name, spec["prebuilt"])) if spec.get("prebuilt") else None
     try:
-        steps = plan_present(name, host.observe(files), spec.get("persist", True))
+        steps = plan_present(name, host.observe(files), spec.get("persist", True), prebuilt)
     except Refusal as err:
         return ["%s: %s" % (name, err)], {}
     if steps:
@@ -231,7 +233,7 @@ def main():
     except (SourceError, StepFailed, KeyError) as err:
         reasons.append("cannot tell: %s" % err)  # the steps that follow report it properly
     result.update(in_place=not reasons, reasons=reasons)
-    if not reasons and not module.check_mode:
+    if not module.check_mode:
         release(path, owner)
     module.exit_json(**result)
 

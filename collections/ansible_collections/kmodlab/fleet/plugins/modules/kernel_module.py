@@ -14,6 +14,10 @@ description:
     the sources or the kernel changed, installs the C(.ko) under C(/lib/modules/<release>/updates/), runs
     depmod, loads the module (reloading it when the installed file changed, or when another build of it
     is loaded) and checks that it is in C(/proc/modules) and that its /proc entry answers.
+  - With O(prebuilt), the build of another host of the same kernel release is received instead; it is
+    written to O(build_dir) only when its vermagic equals the running kernel's (read from one of the
+    kernel's own modules); otherwise the step fails before anything is installed, as a failed build does.
+    The sources are still written, for the boot service's build after a kernel upgrade.
   - Before an installed module is replaced it is kept (C(/var/lib/kmodlab/kept/<release>/)). A release that
     fails to build, install, load or pass its check is rolled back - the kept module is installed and
     loaded again and checked, or, when there was none, no module is left - and the task fails with a
@@ -40,6 +44,12 @@ options:
     description:
       - Source files, file name to base64-encoded content, such as C(<name>.c) and C(Makefile), as the
         P(kmodlab.fleet.source_files#lookup) lookup reads them; required when O(state=present).
+    type: dict
+  prebuilt:
+    description:
+      - A build of O(files) made by another host of the same kernel release, C(<name>.ko) to its
+        base64-encoded content, as the P(kmodlab.fleet.source_files#lookup) lookup reads it; received
+        (its vermagic checked) instead of built here. Omit to build here.
     type: dict
   build_dir:
     description: Where the sources are written and built on the host.
@@ -124,6 +134,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     KEEP,
     LOAD,
     PERSIST,
+    RECEIVE,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
     REMOVE_SOURCES,
@@ -134,15 +145,16 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     plan_absent,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
+    decode_build,
     decode_files,
     refuse_symlinks,
     source_diffs,
 )
 
-# The ModuleOnHost method that carries out each step (WRITE takes the sources).
+# The ModuleOnHost method that carries out each step (WRITE takes the sources, RECEIVE the build).
 STEP_METHODS = {
     BUILD: "build",
     KEEP: "keep",
@@ -170,6 +182,7 @@ class KernelModule(object):
         self.host = ModuleOnHost(module, self.name, params["build_dir"], limits)
         self.result = {"changed": False, "kernel": self.host.kernel, "installed": self.host.installed, "actions": []}
         self.files = None
+        self.prebuilt = None  # the received build's bytes
 
     def fail(self, msg):
         self.module.fail_json(msg="%s: %s" % (self.name, msg), **self.result)
@@ -179,6 +192,8 @@ class KernelModule(object):
         try:
             if action == WRITE:
                 self.host.write(self.files)
+            elif action == RECEIVE:
+                self.host.receive(self.prebuilt)
             else:
                 getattr(self.host, STEP_METHODS[action])()
         except OSError as err:  # disk full, read-only file system: a failed step like any other
@@ -220,7 +235,7 @@ class KernelModule(object):
                 self.step(action)
             self.result.update(self.host.check(self.module.params["proc_entry"]))
         except StepFailed as err:
-            if not (replaced or BUILD in plan):
+            if not (replaced or BUILD in plan or RECEIVE in plan):
                 self.fail(str(err))
             self.roll_back("on kernel %s, %s" % (self.host.kernel, err), replaced)
         if plan:
@@ -236,9 +251,14 @@ class KernelModule(object):
         try:
             if present:
                 self.files = decode_files(params["files"])
+                if params["prebuilt"]:
+                    self.prebuilt = decode_build(self.name, params["prebuilt"])
                 refuse_symlinks(params["build_dir"])
             observed = self.host.observe(self.files)
-            plan = plan_present(self.name, observed, params["persist"]) if present else plan_absent(self.name, observed)
+            if present:
+                plan = plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt))
+            else:
+                plan = plan_absent(self.name, observed)
         except (SourceError, Refusal, StepFailed) as err:
             self.fail(str(err))
         self.result["actions"] = plan
@@ -266,6 +286,7 @@ def main():
             "name": {"type": "str", "required": True},
             "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
             "files": {"type": "dict"},
+            "prebuilt": {"type": "dict"},
             "build_dir": {"type": "path", "required": True},
             "proc_entry": {"type": "path"},
             "persist": {"type": "bool", "default": True},

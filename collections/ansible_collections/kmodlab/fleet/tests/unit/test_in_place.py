@@ -50,14 +50,11 @@ def test_in_place_gives_the_lock_back(tmp_path):
     assert lock_owner(tmp_path) is None
 
 
-def test_not_in_place_keeps_the_lock_and_says_why(tmp_path):
+def test_not_in_place_says_why_and_gives_the_lock_back(tmp_path):
     result = probe(tmp_path, packages=["dpkg", "kmodlab-no-such-package"])
     assert not result["in_place"]
     assert result["reasons"] == ["package kmodlab-no-such-package is not installed"]
-    assert lock_owner(tmp_path) == "alice"  # held for the steps that follow, which take it again as alice
-    assert not run_module("host_lock", {"owner": "alice", "path": str(tmp_path / "kmodlab.lock")}, tmp_path).get(
-        "failed"
-    )
+    assert lock_owner(tmp_path) is None  # the rollout takes it again at the host's turn
 
 
 def test_check_mode_takes_no_lock(tmp_path):
@@ -85,3 +82,16 @@ def test_part1_without_its_traces_is_not_in_place(tmp_path):
     files = {name: base64.b64encode(b"x\n").decode() for name in ("empty.c", "part1.c", "Makefile")}
     result = probe(tmp_path, part1={"files": files, "dest": str(tmp_path / "syscalls"), "expected": 5})
     assert not result["in_place"] and result["reasons"] == ["Part I: sources differ"]
+
+
+def test_a_module_whose_received_build_is_not_there_yet_is_not_in_place(tmp_path):
+    """With prebuilt, what is missing is the receive step (not a build), as kernel_module would plan it."""
+    source = base64.b64encode(b"/* module */\n").decode()
+    build = base64.b64encode(b"\x7fELF a build of another host").decode()
+    spec = {"name": "kmodlab_test_absent", "files": {"kmodlab_test_absent.c": source},
+            "prebuilt": {"kmodlab_test_absent.ko": build},
+            "build_dir": str(tmp_path / "build"), "proc_entry": "", "persist": False}  # fmt: skip
+    result = probe(tmp_path, modules=[spec])
+    assert result["reasons"] == [
+        "kmodlab_test_absent: write sources, receive the build of another host, install and run depmod, load"
+    ]

@@ -10,6 +10,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     KEEP,
     LOAD,
     PERSIST,
+    RECEIVE,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
     REMOVE_SOURCES,
@@ -124,3 +125,27 @@ def test_an_outdated_boot_entry_is_still_taken_away():
     outdated = deployed(persisted=False, autoload_exists=True)
     assert plan_present("m", outdated, persist=False) == [UNPERSIST]
     assert UNPERSIST in plan_absent("m", outdated)
+
+
+def test_a_received_build_takes_the_place_of_the_build():
+    """Another host's build of these sources: written and received instead of built, then installed and loaded."""
+    fresh = Observed(kernel=K, sources_current=False)
+    assert plan_present("m", fresh, prebuilt="sha-b") == [WRITE, RECEIVE, INSTALL, LOAD, PERSIST]
+    changed = deployed(sources_current=False)
+    assert plan_present("m", changed, prebuilt="sha-b") == [WRITE, RECEIVE, INSTALL, UNLOAD, LOAD]
+
+
+def test_a_host_that_holds_the_received_build_needs_nothing():
+    """The build in build_dir and the installed one are the received build: in place, a re-run does nothing."""
+    assert plan_present("m", deployed(), prebuilt="sha-a") == []
+
+
+def test_a_build_of_its_own_is_replaced_by_the_received_one():
+    """A host that built these sources itself, differently: it takes the other host's build."""
+    assert plan_present("m", deployed(), prebuilt="sha-b") == [RECEIVE, INSTALL, UNLOAD, LOAD]
+
+
+def test_a_build_for_another_kernel_is_received_again():
+    """The same bytes, but recorded as built for another kernel: received again, so its vermagic is checked."""
+    host = deployed(built_for="6.1.0-49-amd64", installed=None, loaded=False, installed_srcversion="", kept=None)
+    assert plan_present("m", host, prebuilt="sha-a") == [RECEIVE, INSTALL, LOAD]

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import BUILD, INSTALL, KEEP, LOAD, UNLOAD, WRITE
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
+    BUILD,
+    INSTALL,
+    KEEP,
+    LOAD,
+    RECEIVE,
+    UNLOAD,
+    WRITE,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import StepFailed
 from ansible_collections.kmodlab.fleet.plugins.modules.kernel_module import KernelModule
 
@@ -67,6 +75,9 @@ class FakeHost:
     def build(self):
         self.step(BUILD)
 
+    def receive(self, data):
+        self.step(RECEIVE)
+
     def keep(self):
         self.step(KEEP)
         (self.tmp / "kept.ko").write_bytes(self._content(self.installed))
@@ -119,6 +130,16 @@ def test_a_build_failure_keeps_the_running_module_and_says_so(tmp_path):
     assert done.failed and "rolled back: on kernel 6.12.0-test, build failed" in done.result["msg"]
     assert "the previous m (version old) is loaded and answers" in done.result["msg"]
     assert host.is_loaded == b"old" and host.log[-1] == "check"
+    assert host.outcome == done.result["rolled_back"]
+
+
+def test_a_refused_received_build_is_a_failed_build(tmp_path):
+    """A received build with another vermagic: nothing installed, the running module stays and is checked."""
+    host, done = run(tmp_path, b"old", RECEIVE, [WRITE, RECEIVE, KEEP, INSTALL, UNLOAD, LOAD])
+    assert done.failed
+    assert done.result["msg"].startswith("m: rolled back: on kernel 6.12.0-test, receive the build of another host")
+    assert "the previous m (version old) is loaded and answers" in done.result["msg"]
+    assert (tmp_path / "installed.ko").read_bytes() == b"old" and "restore" not in host.log
     assert host.outcome == done.result["rolled_back"]
 
 
