@@ -114,6 +114,7 @@ ansible_facts:
 """
 
 import os
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
@@ -144,7 +145,7 @@ def installed_packages(names, status_path=DPKG_STATUS):
         if start < 0:
             continue
         end = text.find("\n\n", start + 1)
-        if "\nStatus: install ok installed\n" in text[start : end if end >= 0 else len(text)] + "\n":
+        if re.search(r"\nStatus: \S+ ok installed\n", text[start : end if end >= 0 else len(text)] + "\n"):
             found.add(name)
     return found
 
@@ -220,21 +221,23 @@ def main():
         except LockBusy as err:
             result["waited"] = err.waited
             module.fail_json(msg=str(err), **result)
-    reasons = package_reasons(params["packages"], kernel, params["running_kernel_headers"])
     try:
-        for spec in params["modules"]:
-            why, facts = module_reasons(module, spec, params["check_timeout"])
-            reasons += why
-            if facts:
-                result["modules"].append(facts)
-        if params["part1"]:
-            why, result["part1"] = part1_reasons(module, params["part1"])
-            reasons += why
-    except (SourceError, StepFailed, KeyError) as err:
-        reasons.append("cannot tell: %s" % err)  # the steps that follow report it properly
+        reasons = package_reasons(params["packages"], kernel, params["running_kernel_headers"])
+        try:
+            for spec in params["modules"]:
+                why, facts = module_reasons(module, spec, params["check_timeout"])
+                reasons += why
+                if facts:
+                    result["modules"].append(facts)
+            if params["part1"]:
+                why, result["part1"] = part1_reasons(module, params["part1"])
+                reasons += why
+        except (SourceError, StepFailed, KeyError, OSError) as err:
+            reasons.append("cannot tell: %s" % err)  # the steps that follow report it properly
+    finally:
+        if not module.check_mode:
+            release(path, owner)  # held only while reading, whatever happened
     result.update(in_place=not reasons, reasons=reasons)
-    if not module.check_mode:
-        release(path, owner)
     module.exit_json(**result)
 
 

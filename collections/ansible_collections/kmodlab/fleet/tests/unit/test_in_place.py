@@ -1,4 +1,4 @@
-"""in_place: one call tells whether a host already runs the wanted release; the lock is kept only when it does not."""
+"""in_place: one call tells whether a host already runs the wanted release, under the lock, which it gives back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ Version: 12.9
 Package: strace
 Status: deinstall ok config-files
 Version: 6.1-0.1
+
+Package: linux-headers-6.1.0-held-amd64
+Status: hold ok installed
 
 Package: linux-headers-6.1.0-test-amd64
 Status: install ok installed
@@ -36,8 +39,13 @@ def lock_owner(tmp_path):
 def test_only_fully_installed_packages_count(tmp_path):
     status = tmp_path / "status"
     status.write_text(STATUS)
-    names = ["build-essential", "strace", "linux-headers-6.1.0-test-amd64", "linux-headers-6.1.0-test", "absent"]
-    assert installed_packages(names, str(status)) == {"build-essential", "linux-headers-6.1.0-test-amd64"}
+    names = ["build-essential", "strace", "linux-headers-6.1.0-test-amd64", "linux-headers-6.1.0-test", "absent",
+             "linux-headers-6.1.0-held-amd64"]  # fmt: skip
+    assert installed_packages(names, str(status)) == {
+        "build-essential",
+        "linux-headers-6.1.0-test-amd64",
+        "linux-headers-6.1.0-held-amd64",  # on hold (apt-mark hold), installed all the same
+    }
     reasons = package_reasons(["build-essential", "strace"], "6.1.0-test-amd64", True, str(status))
     assert reasons[0] == "package strace is not installed"
     # The package is there, but this controller has no such build directory: not in place either.
@@ -58,8 +66,10 @@ def test_not_in_place_says_why_and_gives_the_lock_back(tmp_path):
 
 
 def test_check_mode_takes_no_lock(tmp_path):
-    result = probe(tmp_path, check_mode=True, packages=["kmodlab-no-such-package"])
-    assert not result["in_place"] and lock_owner(tmp_path) is None
+    (tmp_path / "kmodlab.lock").write_text(json.dumps({"owner": "bob", "since": 9e12}))
+    result = probe(tmp_path, check_mode=True, wait=0, packages=["kmodlab-no-such-package"])
+    assert not result.get("failed") and not result["in_place"]  # another run's lock does not stop a check
+    assert lock_owner(tmp_path) == "bob"
 
 
 def test_another_owners_lock_is_waited_for_then_fails(tmp_path):
