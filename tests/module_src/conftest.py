@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -48,3 +51,27 @@ def copy_of(tmp_path: Path):
         return dest
 
     return _copy
+
+
+@dataclass
+class Build:
+    """What `make` printed and returned for one module directory."""
+
+    returncode: int
+    output: str
+
+    @property
+    def warnings(self) -> list[str]:
+        """The compiler's warning lines."""
+        return [line for line in self.output.splitlines() if re.search(r"warning:", line, re.IGNORECASE)]
+
+
+@pytest.fixture
+def kbuild(kdir: Path):
+    """Build a module directory as the reference modules are checked: `make KDIR=<kdir> W=1` (extra warnings)."""
+
+    def _build(src: Path) -> Build:
+        result = subprocess.run(["make", "-C", str(src), f"KDIR={kdir}", "W=1"], capture_output=True, text=True)
+        return Build(result.returncode, result.stdout + result.stderr)
+
+    return _build

@@ -1,0 +1,128 @@
+"""The corpus of module variants (tests/corpus/): every patch applies cleanly to its reference module, every
+variant builds as the reference does (but the one that must not), and corpus.yml lists exactly its directories.
+
+Whether each variant passes or fails the fleet checks is the grader's test, in the lab.
+"""
+
+from __future__ import annotations
+
+import ast
+import filecmp
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CORPUS = REPO / "tests" / "corpus"
+VARIANTS = yaml.safe_load((CORPUS / "corpus.yml").read_text())["variants"]
+MODULES = ("my_timer", "hello")
+# kind -> (fields every variant of that kind has, fields it may have)
+FIELDS = {
+    "faulty": ({"name", "module", "kind", "bug", "check"}, {"gap", "note"}),
+    "correct": ({"name", "module", "kind", "design"}, {"pinned_by"}),
+}
+MUST_NOT_BUILD = "build"
+
+
+def params(variants: list[dict]) -> list:
+    return [pytest.param(variant, id=variant["name"]) for variant in variants]
+
+
+def fleet_tests() -> set[str]:
+    """Every test function of tests/fleet/, as <file>::<function>."""
+    tests = set()
+    for path in (REPO / "tests" / "fleet").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        tests |= {
+            f"{path.name}::{node.name}"
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        }
+    return tests
+
+
+def apply_variant(variant: dict, copy_of) -> Path:
+    """A copy of the variant's reference module with its variant.patch applied, without fuzz."""
+    src = copy_of(variant["module"])
+    patch = CORPUS / variant["name"] / "variant.patch"
+    result = subprocess.run(
+        ["patch", "-p1", "--batch", "--forward", "--fuzz=0", "--no-backup-if-mismatch", "-i", str(patch)],
+        cwd=src,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"{patch} no longer applies to module_src/{variant['module']}:\n{result.stdout}"
+    assert not list(src.glob("*.rej")), result.stdout
+    return src
+
+
+def test_manifest_and_directories_match():
+    """corpus.yml names each directory of tests/corpus/ once, and each directory holds only variant.patch."""
+    names = [variant["name"] for variant in VARIANTS]
+    assert len(names) == len(set(names)), "a variant is listed twice"
+    assert sorted(names) == sorted(path.name for path in CORPUS.iterdir() if path.is_dir())
+    assert sorted(path.name for path in CORPUS.iterdir() if not path.is_dir()) == ["corpus.yml"]
+    for name in names:
+        assert [path.name for path in (CORPUS / name).iterdir()] == ["variant.patch"], name
+
+
+@pytest.mark.parametrize("variant", params(VARIANTS))
+def test_manifest_entry_is_complete(variant):
+    """A variant names its module and kind, a faulty one its bug and an existing fleet check (or the build)."""
+    assert variant["module"] in MODULES
+    required, optional = FIELDS[variant["kind"]]
+    fields = set(variant)
+    assert required <= fields, f"missing: {sorted(required - fields)}"
+    assert fields <= required | optional, f"unknown for {variant['kind']}: {sorted(fields - required - optional)}"
+    known = fleet_tests()
+    if variant["kind"] == "faulty":
+        assert variant["check"] == MUST_NOT_BUILD or variant["check"] in known, variant["check"]
+    for check in variant.get("pinned_by", []):
+        assert check in known, check
+    for field in fields:
+        assert variant[field], f"{field} is empty"
+
+
+def test_corpus_covers_both_modules():
+    """One variant must not build; my_timer has two correct alternatives or more and hello one or more."""
+    assert [v["check"] for v in VARIANTS if v.get("check") == MUST_NOT_BUILD] == [MUST_NOT_BUILD]
+    correct = [v["module"] for v in VARIANTS if v["kind"] == "correct"]
+    assert correct.count("my_timer") >= 2
+    assert correct.count("hello") >= 1
+    for module in MODULES:
+        bugs = [v["bug"] for v in VARIANTS if v["kind"] == "faulty" and v["module"] == module]
+        assert bugs
+        assert len(bugs) == len(set(bugs)), f"{module}: a bug class has two variants"
+
+
+@pytest.mark.parametrize("variant", params(VARIANTS))
+def test_patch_applies_cleanly(variant, copy_of, module_src):
+    """variant.patch applies to a copy of module_src/<module> without fuzz and changes its source."""
+    src = apply_variant(variant, copy_of)
+    reference = module_src / variant["module"]
+    _, changed, _ = filecmp.cmpfiles(reference, src, [path.name for path in reference.iterdir()], shallow=False)
+    assert changed
+
+
+@pytest.mark.parametrize("variant", params([v for v in VARIANTS if v.get("check") != MUST_NOT_BUILD]))
+def test_variant_compiles_without_warnings(variant, copy_of, kbuild):
+    """Built as the reference is (make W=1, linux-headers-amd64): a .ko and no warning, so a grader's verdict
+    on it is about its behaviour."""
+    src = apply_variant(variant, copy_of)
+    build = kbuild(src)
+    assert build.returncode == 0, build.output
+    assert not build.warnings, build.output
+    assert (src / f"{variant['module']}.ko").is_file()
+
+
+@pytest.mark.parametrize("variant", params([v for v in VARIANTS if v.get("check") == MUST_NOT_BUILD]))
+def test_old_proc_api_variant_does_not_compile(variant, copy_of, kbuild):
+    """The struct file_operations handed to proc_create() is a compile error on this kernel; no .ko is made."""
+    src = apply_variant(variant, copy_of)
+    build = kbuild(src)
+    assert build.returncode != 0, build.output
+    assert re.search(r"error: .*proc_create", build.output), build.output
+    assert not (src / f"{variant['module']}.ko").exists()
