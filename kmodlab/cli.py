@@ -1,4 +1,4 @@
-"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|image|cache."""
+"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|save|restore|grade|image|cache."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from kmodlab import LabError
 from kmodlab.cache import LogMark, PackageCache, log_mark, read_transfers, stats, stats_text
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
+from kmodlab.grade import add_grade_parser, grade_command
 from kmodlab.images import cache_dir, ensure_image
 from kmodlab.lab import DEFAULT_INVENTORY, DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.mirror import find_mirror
@@ -24,6 +25,9 @@ INTERRUPTED = {
     "start": "the machine was stopped again",
     "reboot": "the machine runs on as it was if its shutdown had not begun, else it was stopped (see above)",
     "image": "no half-built image was kept",
+    "save": "the machine was stopped if its shutdown had begun (start boots it again on its disk)",
+    "restore": "the machine was stopped (restore again boots it)",
+    "grade": "the reports hold the submissions graded so far",
 }
 
 
@@ -99,13 +103,21 @@ def parser() -> argparse.ArgumentParser:
         "reboot", help="restart a running machine on its disk into the newest kernel installed inside it"
     )
     reboot.add_argument("name")
-    for command in (start, reboot):
+    save = sub.add_parser("save", help="keep a running machine's disk as it is now, as the disk restore returns to")
+    save.add_argument("name")
+    restore = sub.add_parser(
+        "restore", help="stop a machine at once and boot it on a fresh overlay of its saved disk (or of its image)"
+    )
+    restore.add_argument("name")
+    for command in (start, reboot, save, restore):
         command.add_argument(
             "--timeout",
             type=float,
             default=DEFAULT_SSH_TIMEOUT,
             help=f"seconds to wait for ssh (default: {DEFAULT_SSH_TIMEOUT:g})",
         )
+
+    add_grade_parser(sub)
 
     image = sub.add_parser("image", help="build (or check) the base images only")
     image.add_argument("distros", nargs="*", default=list(DEFAULT_FLEET), help="default: " + " ".join(DEFAULT_FLEET))
@@ -178,6 +190,14 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "reboot":
         lab.reboot(args.name, args.timeout)
         return 0
+    if args.command == "save":
+        lab.save(args.name, args.timeout)
+        return 0
+    if args.command == "restore":
+        lab.restore(args.name, args.timeout)
+        return 0
+    if args.command == "grade":
+        return grade_command(args, lab)
     if args.command == "image":
         mirror = find_mirror()
         for name in args.distros:

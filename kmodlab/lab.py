@@ -119,14 +119,16 @@ class Lab:
         lab = "" if self.name == "default" else f" --lab {self.name}"
         return f"`python -m kmodlab{lab} {' '.join(words)}`"
 
-    def machine(self, name: str, *, running: bool = True) -> Vm:
-        """Machine NAME, running (or with RUNNING false, stopped); else an error that says what to do."""
+    def machine(self, name: str, *, running: bool | None = True) -> Vm:
+        """Machine NAME, running (or with RUNNING false, stopped; None: either); else an error that says what to do."""
         vm = next((v for v in self.vms() if v.name == name), None)
         if vm is None:
             raise LabError(
                 f"no machine {name!r} in lab {self.name}: see {self.command('status')}; "
                 f"{self.command('up', '--vm', name + '[=DISTRO]')} makes one"
             )
+        if running is None:
+            return vm
         if running and not vm.running():
             raise LabError(f"{name} is not running: {self.command('start', name)} boots it again")
         if not running and vm.running():
@@ -304,6 +306,53 @@ class Lab:
             raise LabError(f"{name} booted kernel {booted!r}, not {release}: see {vm.console_log}")
         say(f"{name} runs kernel {release}")
         return release
+
+    def save(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+        """Keep the running machine NAME's disk as it is now, as the disk `restore` returns to; it runs on.
+
+        The guest powers off cleanly (so its disk is whole), its disk is kept, and it boots again on
+        a new overlay of it, on the same port and kernel.
+        """
+        vm = self.machine(name, running=True)
+        image = vm.base_image()
+        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
+        self.write_ssh_config()
+        config = self._with_cache(vm.config)
+        say(f"saving the disk of {name}")
+        try:
+            self._power_off(vm)
+            with interrupts_held():
+                vm.save_disk()
+            self._boot(vm, config, image, public_key, timeout)
+        except BaseException:
+            with interrupts_held():
+                vm.stop()
+                self._write_known_hosts()
+            raise
+
+    def restore(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
+        """Stop machine NAME at once (running or not) and boot it on a new overlay of its saved disk.
+
+        A machine whose disk was never saved boots on a new overlay of its image, as after `up`.
+        For a machine whose kernel hung or oopsed: whatever happened since the save is gone.
+        """
+        vm = self.machine(name, running=None)
+        image = vm.base_image()
+        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
+        self.write_ssh_config()
+        config = self._with_cache(vm.config)
+        say(f"restoring {name} to its {'saved disk' if vm.saved.is_file() else 'image'}")
+        with interrupts_held():
+            vm.stop()
+            self._close_connection(vm)
+            vm.reset_disk(image)
+        try:
+            self._boot(vm, config, image, public_key, timeout)
+        except BaseException:
+            with interrupts_held():
+                vm.stop()
+                self._write_known_hosts()
+            raise
 
     def down(self) -> None:
         """Stop every machine of the lab and remove the files the lab wrote; anything else is left where it is."""

@@ -232,6 +232,13 @@ def create_overlay(image: Image, overlay: Path) -> None:
     )
 
 
+def _qemu_img(*args: str) -> None:
+    require_tool("qemu-img", "qemu-utils")
+    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        raise LabError(f"qemu-img {args[0]} failed: {result.stderr.strip()}")
+
+
 def qemu_pids(vm_dir: Path, proc: Path = Path("/proc")) -> list[int]:
     """QEMU processes of the machine in VM_DIR: a qemu-system program whose command line names a file there.
 
@@ -265,7 +272,7 @@ class Vm:
     """
 
     FILES = (
-        "vm.json", "overlay.qcow2", "console.log", "qemu.pid",
+        "vm.json", "overlay.qcow2", "saved.qcow2", "console.log", "qemu.pid",
         "vmlinuz", "initrd.img", "vmlinuz.partial", "initrd.img.partial",
     )  # fmt: skip
 
@@ -283,6 +290,11 @@ class Vm:
     @property
     def overlay(self) -> Path:
         return self.dir / "overlay.qcow2"
+
+    @property
+    def saved(self) -> Path:
+        """The disk as `save` kept it, under the overlay: what `restore` returns to (it may not be there)."""
+        return self.dir / "saved.qcow2"
 
     @property
     def own_kernel(self) -> tuple[Path, Path]:
@@ -319,6 +331,8 @@ class Vm:
         if not self.overlay.is_file():
             raise LabError(f"{self.name} has no disk ({self.overlay}): `down`, then `up`, make it anew")
         disk = backing_file(self.overlay)
+        if disk == self.saved:
+            disk = backing_file(self.saved)
         if disk is None or not disk.is_file():
             raise LabError(
                 f"{self.name}: the base image its disk was made on ({disk}) is gone, as a newer image replaced it: "
@@ -358,6 +372,25 @@ class Vm:
         )
         if result.returncode != 0:
             raise LabError(f"{self.name}: qemu did not start: {result.stderr.strip()}")
+
+    def save_disk(self) -> None:
+        """Keep the stopped machine's disk as it is now as the one `reset_disk` returns to: saved.qcow2.
+
+        The overlay is merged into saved.qcow2 (or becomes it), and a new, empty overlay is made on it.
+        """
+        if self.saved.is_file():
+            _qemu_img("commit", "-q", str(self.overlay))
+        else:
+            self.overlay.replace(self.saved)
+        _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
+
+    def reset_disk(self, image: Image) -> None:
+        """Give the stopped machine a new, empty overlay on its saved disk (on IMAGE's disk if none was saved)."""
+        if self.saved.is_file():
+            self.overlay.unlink(missing_ok=True)
+            _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
+        else:
+            create_overlay(image, self.overlay)
 
     def adopt_kernel(self, config: VmConfig) -> None:
         """Make the copied kernel and initrd (partial_kernel) the machine's own, and CONFIG (its kernel) its record.

@@ -8,12 +8,28 @@ by file name: with --redeploy, those marked `redeploy` run deploy.yml themselves
 repository's module_src, so not while checking a student's module); with --rollout, the rollout
 story (test_rollout.py) on a lab (--lab NAME); with --removal, those marked `removal` run
 remove.yml and check that nothing is left. molecule passes all of them.
+
+With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
+of this repository's modules that the assignment leaves open, are left out, and those marked `grading`
+(which need the kernel log cleared before the deploy) run after the others. Every test has a time limit
+(pytest-timeout, --timeout; FLEET_TIMEOUT by default); after a test runs out of time on a host, the tests
+still to come on that host are skipped with the reason, as the host may hang.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 # Opt-in markers, in the order their tests run after the others.
-OPT_IN = ("redeploy", "rollout", "removal")
+OPT_IN = ("grading", "redeploy", "rollout", "removal")
+# Seconds a fleet test may take unless it says otherwise (pytest.mark.timeout) or --timeout is given.
+FLEET_TIMEOUT = 120
+# Tests that stop after a time-out, by host: hosts[name] = the test that ran out of time there.
+HUNG: dict[str, str] = {}
+# How pytest-timeout's failure message ends.
+TIMED_OUT = "from pytest-timeout"
 
 
 def pytest_addoption(parser):
@@ -21,6 +37,17 @@ def pytest_addoption(parser):
     parser.addoption("--rollout", action="store_true", help="also run the rollout story (needs a lab: see --lab)")
     parser.addoption("--removal", action="store_true", help="also run remove.yml and check that nothing is left")
     parser.addoption("--lab", default="default", help="the kmodlab lab the inventory's hosts belong to (rollout)")
+    parser.addoption(
+        "--module-src",
+        type=Path,
+        default=None,
+        help="the sources the hosts were deployed from, <name>/ per module (default: module_src)",
+    )
+    parser.addoption(
+        "--grading",
+        action="store_true",
+        help="judge a submission: leave out the tests pinning the reference's own choices, add the `grading` ones",
+    )
 
 
 def opt_in_marker(item) -> str | None:
@@ -29,15 +56,47 @@ def opt_in_marker(item) -> str | None:
 
 def pytest_collection_modifyitems(config, items):
     chosen = {name for name in OPT_IN if config.getoption(name)}
-    kept = [item for item in items if opt_in_marker(item) in chosen | {None}]
+    grading = config.getoption("grading")
+    kept = [
+        item
+        for item in items
+        if opt_in_marker(item) in chosen | {None} and not (grading and item.get_closest_marker("reference"))
+    ]
     deselected = [item for item in items if item not in kept]
     kept.sort(key=lambda item: 0 if opt_in_marker(item) is None else 1 + OPT_IN.index(opt_in_marker(item)))
     if deselected:
         config.hook.pytest_deselected(items=deselected)
     items[:] = kept
+    for item in kept:
+        if item.get_closest_marker("timeout") is None and not config.getoption("timeout", None):
+            item.add_marker(pytest.mark.timeout(FLEET_TIMEOUT))
+
+
+def _host_name(item) -> str | None:
+    host = getattr(item, "funcargs", {}).get("host")
+    return host.backend.get_hostname() if host is not None else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    name = _host_name(item)
+    if name in HUNG:
+        pytest.skip(f"not run: {HUNG[name]} ran out of time on {name}, which may hang")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if call.when == "call" and report.failed and TIMED_OUT in str(call.excinfo.value if call.excinfo else ""):
+        name = _host_name(item)
+        if name:
+            HUNG.setdefault(name, item.nodeid)
+    return report
 
 
 def pytest_configure(config):
+    config.addinivalue_line("markers", "grading: judges what the grader prepared (kernel log cleared); --grading")
+    config.addinivalue_line("markers", "reference: pins a choice of this repository's modules; left out by --grading")
     config.addinivalue_line("markers", "redeploy: runs deploy.yml itself; selected by --redeploy")
     config.addinivalue_line("markers", "rollout: bad releases, stops, reboots, a kernel upgrade; selected by --rollout")
     config.addinivalue_line("markers", "removal: runs remove.yml; selected by --removal")

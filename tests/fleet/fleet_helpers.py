@@ -24,15 +24,31 @@ BUILD_ROOT = role_defaults("kernel_module")["kernel_module_build_root"]
 SYSCALLS_DEST = role_defaults("syscall_exercise")["syscall_exercise_dest"]
 
 
-def module_version(name: str) -> str:
-    """MODULE_VERSION as written in module_src/<name>/<name>.c."""
-    source = (REPO / "module_src" / name / f"{name}.c").read_text()
-    return re.search(r'MODULE_VERSION\("([^"]+)"\)', source).group(1)
+def module_version(name: str, src_root: Path | None = None) -> str:
+    """MODULE_VERSION as written in <src_root>/<name>/*.c (default: module_src); empty when none declares one."""
+    for source in sorted((src_root or REPO / "module_src").joinpath(name).glob("*.c")):
+        match = re.search(r'MODULE_VERSION\("([^"]+)"\)', source.read_text(errors="replace"))
+        if match:
+            return match.group(1)
+    return ""
 
 
 # Printed once by the kernel when a timer interrupt ran long: under emulation (TCG) after a fresh boot,
 # whatever the modules do. It says nothing about them, so it is not counted.
 EMULATION_NOISE = re.compile(r"\] hrtimer: interrupt took \d+ ns$")
+
+
+# What the kernel prints when something went wrong inside it: an oops, a BUG, a WARN_ON, a lockup, a
+# memory error found by a checker, a /proc entry created twice.
+SPLAT = re.compile(
+    r"BUG:|Oops|WARNING:|kernel BUG at|general protection fault|Call Trace|soft lockup|hard LOCKUP"
+    r"|INFO: task .* blocked|rcu_.*stall|detected buffer overflow|refcount_t:|UBSAN:|KASAN:|already registered"
+)
+
+
+def splats_in_dmesg(host) -> list[str]:
+    """Kernel log lines that say something went wrong in the kernel (SPLAT), in order."""
+    return [line for line in host.check_output("dmesg").splitlines() if SPLAT.search(line)]
 
 
 def warnings_in_dmesg(host) -> set[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fleet_helpers import MODULES, module_version
+from fleet_helpers import BUILD_ROOT, MODULES, module_version
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
@@ -26,9 +26,20 @@ def test_installed_module_is_the_loaded_one(host, name):
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_loaded_version_is_the_source_version(host, name):
-    """/sys/module/NAME/version is the MODULE_VERSION in module_src."""
-    assert host.file(f"/sys/module/{name}/version").content_string.strip() == module_version(name)
+def test_loaded_module_is_the_one_built_from_the_sources(host, name):
+    """The loaded module has the srcversion of the .ko built on the host from the sources deployed."""
+    built = f"{BUILD_ROOT}/{name}/{name}.ko"
+    assert host.file(built).is_file, f"no {built}"
+    srcversion = host.file(f"/sys/module/{name}/srcversion").content_string.strip()
+    assert host.check_output(f"modinfo -F srcversion {built}") == srcversion, f"{built} is not the loaded module"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_loaded_version_is_the_source_version(host, request, name):
+    """/sys/module/NAME/version is the MODULE_VERSION of the sources (--module-src), absent if they declare none."""
+    wanted = module_version(name, request.config.getoption("module_src"))
+    version = host.file(f"/sys/module/{name}/version")
+    assert (version.content_string.strip() if version.exists else "") == wanted
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

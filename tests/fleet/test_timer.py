@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import shlex
 from decimal import Decimal
 
+import pytest
 from fleet_helpers import MODULES, warnings_in_dmesg
 
 CURRENT = re.compile(r"current time: (\d+\.\d{9})\n")
@@ -14,6 +16,36 @@ TIMER = MODULES["my_timer"]
 # A TCG guest under load can take well over a second to start cat after sleep
 # returns; the lower bound is exact (sleep never returns early).
 SLEEP_SLACK = Decimal("1.5")
+NS = 10**9
+
+# Run on the host by python3 (Ansible's interpreter there): reads /proc/timer at chosen moments of the
+# wall clock. argv: the separator, the entry, then one window per read, LO-HI in milliseconds of a second:
+# the read starts when the clock's milliseconds are in [LO, HI). Prints each read's text and the
+# separator after it, then the nanoseconds from the start of the first read to the end of the last.
+TIMED_READS = r"""
+import os, sys, time
+sep, entry, windows = sys.argv[1], sys.argv[2], [[int(x) * 10**6 for x in w.split("-")] for w in sys.argv[3:]]
+def read():
+    fd = os.open(entry, os.O_RDONLY)
+    try:
+        parts = []
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(parts).decode(errors="replace")
+            parts.append(chunk)
+    finally:
+        os.close(fd)
+def wait(lo, hi):
+    while not lo <= time.time_ns() % 10**9 < hi:
+        time.sleep(((lo - time.time_ns()) % 10**9) / 1e9)
+start = None
+for lo, hi in windows:
+    wait(lo, hi)
+    start = start or time.time_ns()
+    print(read(), end=sep + "\n")
+print(time.time_ns() - start)
+"""
 
 
 def reads(host, script: str) -> list[str]:
@@ -27,6 +59,18 @@ def reload_timer(host) -> None:
     host.run_test("modprobe -r my_timer && modprobe my_timer")
 
 
+def timed_reads(host, *windows: str) -> tuple[list[str], int]:
+    """Read /proc/timer once per window (see TIMED_READS) in one process on the host: the texts, and the span in ns."""
+    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(TIMED_READS)} {SEP} {TIMER} {' '.join(windows)}")
+    assert out.rc == 0, f"the timed reads failed (rc {out.rc}): {out.stderr}"
+    *texts, span = out.stdout.split(SEP + "\n")
+    return texts, int(span)
+
+
+def nanoseconds(value: Decimal) -> int:
+    return int((value * NS) % NS)
+
+
 def parse(text: str) -> tuple[Decimal, Decimal]:
     match = BOTH.fullmatch(text)
     assert match, repr(text)
@@ -34,10 +78,11 @@ def parse(text: str) -> tuple[Decimal, Decimal]:
 
 
 def test_proc_timer_is_read_only_for_everyone(host):
-    """/proc/timer exists with mode 0444."""
+    """/proc/timer exists, anyone may read it and no one but its owner (root) may write it."""
     entry = host.file(TIMER)
-    assert entry.exists
-    assert entry.mode == 0o444
+    assert entry.exists, f"{TIMER} does not exist"
+    assert entry.mode & 0o444 == 0o444, f"mode {entry.mode:04o}: not readable by everyone"
+    assert entry.mode & 0o022 == 0, f"mode {entry.mode:04o}: writable by others than root"
 
 
 def test_first_read_after_load_prints_only_current_time(host):
@@ -64,6 +109,37 @@ def test_elapsed_is_measured_from_the_previous_read(host):
     now3, elapsed3 = parse(outputs[2])
     assert elapsed3 == now3 - now2
     assert Decimal(2) <= elapsed3 < Decimal(2) + SLEEP_SLACK
+
+
+def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
+    """Read at .7-.9 s of a second, then at .1-.3 s of the next: elapsed is exactly the difference of the times.
+
+    The nanoseconds of the second read are then below the first's, so a borrow done wrong (the second not
+    taken, the nanoseconds negated) shows every time, not by chance. The condition is read from the
+    module's own times; a run where the host was too slow to meet it is tried again (3 tries).
+    """
+    for _try in range(3):
+        (first, second), _span = timed_reads(host, "700-900", "100-300")
+        match = CURRENT.match(first)
+        assert match, repr(first)
+        now1 = Decimal(match.group(1))
+        now2, elapsed = parse(second)
+        if nanoseconds(now2) < nanoseconds(now1):
+            break
+    else:
+        pytest.fail(f"could not read with the second read's nanoseconds below the first's: {now1} then {now2}")
+    assert elapsed == now2 - now1, f"expected elapsed {now2 - now1} ({now2} - {now1}), got {elapsed}"
+
+
+def test_short_elapsed_time_keeps_nine_digits(host):
+    """Two reads in a row, less than 0.1 s apart: elapsed still prints its nanoseconds as exactly 9 digits."""
+    for _try in range(3):
+        (_first, second), span = timed_reads(host, "0-1000", "0-1000")
+        if span < NS // 10:
+            break
+    else:
+        pytest.fail(f"could not read twice within 0.1 s (took {span} ns)")
+    assert BOTH.fullmatch(second), f"expected two lines ending in 9-digit nanoseconds, got {second!r}"
 
 
 def test_current_time_agrees_with_the_host_clock(host):

@@ -16,7 +16,7 @@ description:
     M(kmodlab.fleet.kernel_module)'s plan and its /proc entry answers, and the Part I traces are current
     and pass their check.
   - The lock is held only while the host is read, so that another run's half-done deploy is never taken
-    for the wanted state, and given back before the call returns: a rollout takes it again at the host's
+    for the wanted state, and given back before the call returns; a rollout takes it again at the host's
     turn (M(kmodlab.fleet.host_lock)), and a rollout that stops before that turn leaves no lock behind.
     C(reasons) says what differs.
   - In check mode no lock is taken.

@@ -1,0 +1,540 @@
+"""Grade a class: python -m kmodlab grade SUBMISSIONS.
+
+Each submission (kmodlab.submissions) is graded on every kernel release of the fleet, one submission
+per host at a time, hosts of the same release sharing that release's queue. For one submission on one
+host, Ansible deploys (playbooks/grade.yml: clear the kernel log, build and load each part, record what
+happened) and the fleet tests check (tests/fleet with --grading and --removal: the same tests CI runs,
+less the ones that pin the reference's own choices), under pytest-timeout. Their JUnit XML is read
+back into verdicts, one per check: pass, fail, missing (the part is not in the submission) or error
+(the check could not run, and why). kmodlab.reports writes them out.
+
+A host whose kernel oopsed or warned, that ran out of time, or that was not left clean is restored
+(lab machines only: booted on a fresh overlay of the disk saved after the preparation) before it
+takes the next submission. By default only the local lab's inventory is graded on: submissions are
+untrusted code run as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kmodlab import LabError
+from kmodlab.lab import ADDRESS, DEFAULT_INVENTORY, Lab
+from kmodlab.progress import say
+
+REPO = Path(__file__).resolve().parents[1]
+PLAYBOOK = REPO / "playbooks" / "grade.yml"
+FLEET = Path("tests") / "fleet"
+# The fleet test files a submission is graded by; each file's tests judge the part named here, or
+# (None) the part named by the test's parameter if it is a part, else the submission as a whole.
+TEST_FILES = {
+    "test_modules_loaded.py": None,
+    "test_timer.py": "my_timer",
+    "test_hello.py": "hello",
+    "test_syscalls.py": "syscalls",
+    "test_kernel_log.py": None,
+    "test_removal.py": None,
+}
+WHOLE = "submission"
+SYSCALLS = "syscalls"
+# The check each part has besides the fleet tests: that it builds and loads (Part I: builds and traces).
+BUILD = "build"
+# Seconds: one fleet check; the deploy of one submission (all its parts), beyond the builds' own limits.
+DEFAULT_CHECK_TIMEOUT = 90
+DEPLOY_SLACK = 300
+TIMED_OUT = "from pytest-timeout"
+HUNG = "ran out of time"
+
+
+def kmodlab_modules() -> list[dict]:
+    """The modules deploy.yml deploys (roles/kmodlab/defaults): the module parts of a submission."""
+    defaults = yaml.safe_load((REPO / "roles" / "kmodlab" / "defaults" / "main.yml").read_text())
+    return defaults["kmodlab_modules"]
+
+
+def part_names() -> tuple[str, ...]:
+    return (*(m["name"] for m in kmodlab_modules()), SYSCALLS)
+
+
+@dataclass
+class Verdict:
+    """One check of one submission on one kernel."""
+
+    student: str
+    kernel: str
+    host: str
+    part: str
+    check: str
+    verdict: str  # pass, fail, missing, error
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Host:
+    name: str
+    kernel: str = ""
+    restorable: bool = False
+    clean_first: bool = False
+    out_of_service: str = ""
+
+
+@dataclass
+class Job:
+    """One submission on one kernel release."""
+
+    index: int
+    submission: object
+    kernel: str
+    verdicts: list[Verdict] = field(default_factory=list)
+    seconds: float = 0.0
+    # Where the time went: deploy (playbooks/grade.yml), checks (the fleet tests, removal included).
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def parse_nodeid(nodeid: str, parts: tuple[str, ...], host: str) -> tuple[str, str]:
+    """(part, check) of a fleet test's node id on HOST, e.g. tests/fleet/test_removal.py::test_x[ansible://HOST-hello].
+
+    testinfra's host parameter comes first in the brackets, then the test's own after a dash.
+    """
+    path, _, name = nodeid.partition("::")
+    function, _, params = name.partition("[")
+    params = params.removesuffix("]").removeprefix(f"ansible://{host}").removeprefix("-")
+    part = TEST_FILES.get(Path(path).name) or (params if params in parts else WHOLE)
+    return part, function + (f"[{params}]" if params else "")
+
+
+def checks_of(nodeids: list[str], parts: tuple[str, ...], host: str) -> dict[str, list[str]]:
+    """Each part's checks, in the order the tests run, BUILD first."""
+    catalogue: dict[str, list[str]] = {part: [BUILD] for part in parts}
+    catalogue[WHOLE] = []
+    for nodeid in nodeids:
+        part, check = parse_nodeid(nodeid, parts, host)
+        if check not in catalogue[part]:
+            catalogue[part].append(check)
+    return catalogue
+
+
+def junit_outcomes(path: Path, parts: tuple[str, ...], host: str) -> dict[tuple[str, str], tuple[str, str, float]]:
+    """(part, check) -> (verdict, reason, seconds) from pytest's JUnit XML."""
+    outcomes = {}
+    # pytest wrote this file, escaping what the hosts printed.
+    for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314
+        module = case.get("classname", "").rsplit(".", 1)[-1]
+        nodeid = f"{FLEET.as_posix()}/{module}.py::{case.get('name', '')}"
+        key = parse_nodeid(nodeid, parts, host)
+        seconds = float(case.get("time", "0") or 0)
+        failure = case.find("failure")
+        error = case.find("error")
+        skipped = case.find("skipped")
+        if failure is not None:
+            outcomes[key] = ("fail", readable(failure.get("message", ""), failure.text or ""), seconds)
+        elif error is not None:
+            outcomes[key] = ("error", readable(error.get("message", ""), error.text or ""), seconds)
+        elif skipped is not None:
+            outcomes[key] = ("error", readable(skipped.get("message", ""), ""), seconds)
+        else:
+            outcomes[key] = ("pass", "", seconds)
+    return outcomes
+
+
+def readable(message: str, text: str) -> str:
+    """A failure's reason a student can read: the assertion's message, without pytest's decoration."""
+    message = message.strip() or (text.strip().splitlines() or [""])[-1]
+    if TIMED_OUT in message:
+        return f"no answer within the time limit ({message.split('(')[1].split(')')[0]})"
+    message = re.sub(r"^(AssertionError|Failed|Skipped): ", "", message.strip())
+    message = re.sub(r"\nassert .*", "", message, flags=re.DOTALL)
+    return message[:600]
+
+
+def build_reason(record: dict) -> str:
+    """Why a part did not build or load, from the grade play's record: the compiler's first errors, or the step."""
+    message = record.get("msg", "")
+    errors = [line.strip() for line in message.splitlines() if re.search(r"\berror\b", line)]
+    if "kbuild failed" in message and errors:
+        return "does not compile:\n" + "\n".join(errors[:5])
+    if "took longer than" in message:
+        return re.sub(r"^.*?((?:kbuild|modprobe|rmmod)\S* took longer than .*?stopped).*$", r"\1", message, flags=re.S)
+    return message.replace("rolled back: ", "")[:600]
+
+
+class Grader:
+    def __init__(self, args: argparse.Namespace, lab: Lab):
+        self.args = args
+        self.lab = lab
+        self.inventory = Path(args.inventory or DEFAULT_INVENTORY).resolve()
+        self.out = Path(args.out).resolve()
+        self.raw = self.out / "raw"
+        self.parts = part_names()
+        self.env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+        self.bin = Path(sys.executable).parent
+        self.hosts: list[Host] = []
+        self.catalogue: dict[str, list[str]] = {}
+        self.lock = threading.Lock()
+
+    # Before grading.
+
+    def check_inventory(self) -> None:
+        """Read the inventory's hosts; refuse (unless --allow-any-inventory) any host that is not this lab's."""
+        if not self.inventory.is_file():
+            raise LabError(f"no inventory {self.inventory}: start the lab (python -m kmodlab up) or give --inventory")
+        listing = self.run([self.bin / "ansible-inventory", "-i", self.inventory, "--list"], timeout=120)
+        if listing.returncode != 0:
+            raise LabError(f"cannot read the inventory {self.inventory}: {listing.stderr.strip()[-1000:]}")
+        hostvars = json.loads(listing.stdout).get("_meta", {}).get("hostvars", {})
+        if not hostvars:
+            raise LabError(f"{self.inventory} has no hosts")
+        self.names = sorted(hostvars)
+        self.lab_machines = lab_machines(hostvars, self.lab)
+        strangers = [name for name in self.names if name not in self.lab_machines]
+        if strangers and not self.args.allow_any_inventory:
+            raise LabError(
+                f"{', '.join(strangers)} of {self.inventory} is not a running machine of lab {self.lab.name}: "
+                "submissions are untrusted code run as root, so the grader works on lab machines only. "
+                "--allow-any-inventory grades on any fleet (its hosts are then not restored after a crash)"
+            )
+
+    def prepare(self) -> None:
+        """Install the build packages, read each host's kernel, save the lab machines' disks."""
+        self.raw.mkdir(parents=True, exist_ok=True)
+        names = self.names
+        releases_file = self.raw / "releases.json"
+        releases_file.unlink(missing_ok=True)
+        say(f"preparing {len(names)} host(s): build packages, kernel release")
+        result = self.playbook(["-e", "kmodlab_action=grade_prepare", "-e", f"kmodlab_grade_report={releases_file}"])
+        if result.returncode != 0 or not releases_file.is_file():
+            (self.raw / "prepare.log").write_text(result.stdout + result.stderr)
+            raise LabError(f"preparing the hosts failed; see {self.raw / 'prepare.log'}:\n{result.stdout[-2000:]}")
+        releases = json.loads(releases_file.read_text())
+        for name in names:
+            host = Host(name, releases[name], restorable=name in self.lab_machines)
+            self.hosts.append(host)
+            if host.restorable and not self.args.no_save:
+                self.lab.save(name)
+        kernels = sorted({h.kernel for h in self.hosts})
+        say(f"kernels: {', '.join(kernels)}; hosts: {', '.join(f'{h.name} ({h.kernel})' for h in self.hosts)}")
+
+    def collect(self) -> None:
+        """The checks, as the fleet tests name them (collected once, for the first host)."""
+        files = [str(FLEET / name) for name in TEST_FILES]
+        result = self.run(
+            [self.bin / "pytest", "--collect-only", "-q", *self.pytest_options(self.hosts[0].name), *files],
+            timeout=300,
+        )
+        nodeids = [line for line in result.stdout.splitlines() if "::" in line]
+        if result.returncode != 0 or not nodeids:
+            raise LabError(f"could not collect the fleet tests:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        self.catalogue = checks_of(nodeids, self.parts, self.hosts[0].name)
+        self.nodeids = nodeids
+
+    # Grading.
+
+    def grade(self, submissions: list) -> list[Job]:
+        kernels = sorted({h.kernel for h in self.hosts})
+        queues: dict[str, queue.Queue] = {kernel: queue.Queue() for kernel in kernels}
+        jobs = []
+        for index, submission in enumerate(submissions):
+            for kernel in kernels:
+                job = Job(index, submission, kernel)
+                jobs.append(job)
+                queues[kernel].put(job)
+        self.started = time.monotonic()
+        self.total = len(submissions)
+        self.pending = {i: len(kernels) for i in range(len(submissions))}
+        self.done = 0
+        workers = [
+            threading.Thread(target=self.worker, args=(host, queues[host.kernel]), daemon=True) for host in self.hosts
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        for kernel_queue in queues.values():  # a release whose every host went out of service
+            while not kernel_queue.empty():
+                job = kernel_queue.get()
+                job.verdicts = self.all_checks(job, "error", "no host of this kernel was left to grade it on")
+                self.finished(job)
+        return jobs
+
+    def worker(self, host: Host, jobs: queue.Queue) -> None:
+        while not host.out_of_service:
+            try:
+                job = jobs.get_nowait()
+            except queue.Empty:
+                return
+            started = time.monotonic()
+            try:
+                job.verdicts = self.grade_one(job, host)
+            except Exception as err:  # noqa: BLE001 (one submission's trouble must not stop the run)
+                job.verdicts = self.all_checks(job, "error", f"the grader failed on {host.name}: {err}", host)
+                self.restore(host, f"the grader failed: {err}")
+            job.seconds = time.monotonic() - started
+            self.finished(job)
+
+    def grade_one(self, job: Job, host: Host) -> list[Verdict]:
+        submission = job.submission
+        if submission.refused:
+            return self.all_checks(job, "error", f"refused: {submission.refused}", host)
+        if not submission.parts:
+            return self.all_checks(job, "missing", f"no {', '.join(p + '/' for p in self.parts)} in it", host)
+        raw = self.raw / submission.name
+        raw.mkdir(parents=True, exist_ok=True)
+        record_file = raw / f"{host.name}.deploy.json"
+        record_file.unlink(missing_ok=True)
+        started = time.monotonic()
+        deployed = self.playbook(
+            [
+                "--limit", host.name,
+                "-e", "kmodlab_action=grade",
+                "-e", json.dumps({
+                    "kmodlab_src_root": str(submission.root),
+                    "kmodlab_grade_parts": submission.parts,
+                    "kmodlab_grade_report": str(record_file),
+                    "kmodlab_grade_clean_first": host.clean_first,
+                    "kmodlab_grade_build_timeout": self.args.build_timeout,
+                    "kmodlab_grade_load_timeout": self.args.load_timeout,
+                }),
+            ],
+            timeout=self.args.build_timeout * len(submission.parts) + DEPLOY_SLACK,
+        )  # fmt: skip
+        job.phases["deploy"] = round(time.monotonic() - started, 1)
+        (raw / f"{host.name}.deploy.log").write_text(deployed.stdout + deployed.stderr)
+        if deployed.returncode != 0 or not record_file.is_file():
+            why = "did not answer" if deployed.returncode == 124 else f"failed (exit {deployed.returncode})"
+            self.restore(host, f"the deploy {why}")
+            return self.all_checks(
+                job, "error", f"the host {why} while the submission was built and loaded; see {raw}", host
+            )
+        record = json.loads(record_file.read_text())["parts"]
+        nodeids = self.nodeids_for(host, submission, record)
+        junit = raw / f"{host.name}.junit.xml"
+        junit.unlink(missing_ok=True)
+        started = time.monotonic()
+        checked = self.run(
+            [
+                self.bin / "pytest", "-q", "-rA", f"--junitxml={junit}", "-o", f"junit_suite_name={submission.name}",
+                *self.pytest_options(host.name), f"--module-src={submission.root}", *nodeids,
+            ],
+            timeout=self.args.check_timeout * len(nodeids) + DEPLOY_SLACK,
+        )  # fmt: skip
+        job.phases["checks"] = round(time.monotonic() - started, 1)
+        (raw / f"{host.name}.checks.log").write_text(checked.stdout + checked.stderr)
+        outcomes = junit_outcomes(junit, self.parts, host.name) if junit.is_file() else {}
+        verdicts = self.verdicts(job, host, record, outcomes)
+        trouble = self.trouble(checked, outcomes)
+        if trouble:
+            started = time.monotonic()
+            self.restore(host, trouble)
+            job.phases["restore"] = round(time.monotonic() - started, 1)
+        else:
+            host.clean_first = False
+        return verdicts
+
+    def nodeids_for(self, host: Host, submission, record: dict) -> list[str]:
+        """The fleet tests to run: those of each part that loaded (Part I: that is there), and the whole's."""
+        chosen = []
+        for nodeid in self.nodeids:
+            part, _check = parse_nodeid(nodeid, self.parts, self.hosts[0].name)
+            if part == WHOLE or Path(nodeid.split("::")[0]).name == "test_removal.py":
+                pass
+            elif part == SYSCALLS:
+                if SYSCALLS not in submission.parts:
+                    continue
+            elif not record.get(part, {}).get("ok"):
+                continue
+            chosen.append(nodeid.replace(f"ansible://{self.hosts[0].name}", f"ansible://{host.name}"))
+        return chosen
+
+    def verdicts(self, job: Job, host: Host, record: dict, outcomes: dict) -> list[Verdict]:
+        """Each check's verdict. A part that is not there is missing; one that did not build and load fails
+        its build check and its other checks did not run (error), whatever ran on the host; the checks of the
+        whole submission count only if some part of it loaded (Part I: ran)."""
+        submission = job.submission
+        loaded = {part for part in submission.parts if record.get(part, {}).get("ok")}
+        verdicts = []
+        for part, checks in self.catalogue.items():
+            for check in checks:
+                verdict = Verdict(submission.name, job.kernel, host.name, part, check, "error")
+                done = record.get(part, {})
+                if part != WHOLE and part not in submission.parts:
+                    verdict.verdict, verdict.reason = "missing", f"no {part}/ in the submission"
+                elif check == BUILD:
+                    if done.get("ok"):
+                        verdict.verdict = "pass"
+                        if done.get("srcversion"):
+                            verdict.reason = f"loaded srcversion {done['srcversion']}"
+                    else:
+                        verdict.verdict, verdict.reason = "fail", build_reason(done)
+                elif part != WHOLE and part != SYSCALLS and part not in loaded:
+                    verdict.reason = f"not run: {part} did not build and load"
+                elif part == WHOLE and not loaded:
+                    verdict.reason = "not run: no part of the submission built and loaded"
+                elif (part, check) in outcomes:
+                    verdict.verdict, verdict.reason, verdict.seconds = outcomes[(part, check)]
+                else:
+                    verdict.reason = "not run: the checks stopped early (see the raw logs)"
+                verdicts.append(verdict)
+        return verdicts
+
+    @staticmethod
+    def trouble(checked: subprocess.CompletedProcess, outcomes: dict) -> str:
+        """Why the host must be restored before the next submission, or ''."""
+        if checked.returncode not in (0, 1) or not outcomes:
+            return f"the checks did not complete (pytest exit {checked.returncode})"
+        for (_part, check), (verdict, reason, _seconds) in outcomes.items():
+            if reason.startswith("no answer within the time limit") or HUNG in reason:
+                return f"{check} ran out of time"
+            if check.startswith("test_kernel_logged_no_oops") and verdict != "pass":
+                return "the kernel logged an oops or warning"
+            if verdict != "pass" and check.split("[")[0] in REMOVAL_CHECKS:
+                return f"not left clean: {check}"
+        return ""
+
+    def restore(self, host: Host, why: str) -> None:
+        if not host.restorable:
+            host.clean_first = True
+            if "did not answer" in why or "ran out of time" in why:
+                host.out_of_service = why
+                say(f"{host.name}: {why}; it is not a lab machine, so it is not restored and takes no more submissions")
+            return
+        say(f"{host.name}: {why}; restoring it")
+        try:
+            self.lab.restore(host.name)
+            host.clean_first = False
+        except LabError as err:
+            host.out_of_service = f"could not be restored: {err}"
+            say(f"{host.name}: {host.out_of_service}")
+
+    def all_checks(self, job: Job, verdict: str, reason: str, host: Host | None = None) -> list[Verdict]:
+        name = host.name if host else ""
+        return [
+            Verdict(job.submission.name, job.kernel, name, part, check, verdict, reason)
+            for part, checks in self.catalogue.items()
+            for check in checks
+        ]
+
+    def finished(self, job: Job) -> None:
+        with self.lock:
+            self.pending[job.index] -= 1
+            if self.pending[job.index]:
+                return
+            self.done += 1
+            elapsed = time.monotonic() - self.started
+            left = elapsed / self.done * (self.total - self.done)
+            passed = sum(v.verdict == "pass" for v in job.verdicts)
+            say(
+                f"[{self.done}/{self.total}] {job.submission.name} graded "
+                f"(last kernel {job.kernel}: {passed}/{len(job.verdicts)} checks passed, {job.seconds:.0f}s); "
+                f"elapsed {elapsed:.0f}s, about {left:.0f}s left"
+            )
+
+    # Helpers.
+
+    def pytest_options(self, host: str) -> list[str]:
+        return [
+            f"--hosts=ansible://{host}",
+            f"--ansible-inventory={self.inventory}",
+            "--grading",
+            "--removal",
+            f"--timeout={self.args.check_timeout}",
+            "-p",
+            "no:cacheprovider",
+        ]
+
+    def playbook(self, args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+        return self.run([self.bin / "ansible-playbook", "-i", self.inventory, PLAYBOOK, *args], timeout=timeout)
+
+    def run(self, command: list, timeout: float) -> subprocess.CompletedProcess[str]:
+        """COMMAND's result (exit 124 with what it printed if it ran out of TIMEOUT seconds)."""
+        argv = [str(word) for word in command]
+        try:
+            return subprocess.run(
+                argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired as err:
+            out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
+            return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:.0f}s: {shlex.join(argv)}")
+
+
+def lab_machines(hostvars: dict[str, dict], lab: Lab) -> set[str]:
+    """The inventory's hosts that are running machines of LAB: same name, reached on the machine's own port."""
+    ports = {vm.name: vm.config.port for vm in lab.vms() if vm.running()}
+    return {
+        name
+        for name, variables in hostvars.items()
+        if name in ports
+        and str(variables.get("ansible_host", name)) in (ADDRESS, "localhost")
+        and str(variables.get("ansible_port", "")) == str(ports[name])
+    }
+
+
+# Checks of test_removal.py: one that fails means the host was not left clean.
+REMOVAL_CHECKS = {
+    "test_module_is_not_loaded",
+    "test_proc_entry_is_gone",
+    "test_installed_files_are_gone",
+    "test_nothing_loads_at_boot_any_more",
+    "test_part1_files_are_gone",
+}
+
+
+def add_grade_parser(sub) -> None:
+    grade = sub.add_parser(
+        "grade",
+        help="grade a directory of submissions on every kernel of the fleet (default: this lab's machines)",
+        description="Grade each <student>/ (or <student>.tar.gz / .zip) of SUBMISSIONS, holding any of "
+        "my_timer/, hello/ and syscalls/, on every kernel release of the inventory's hosts.",
+    )
+    grade.add_argument("submissions", type=Path, help="directory of submissions")
+    grade.add_argument("--inventory", help=f"the fleet (default: {DEFAULT_INVENTORY}, the default lab's)")
+    grade.add_argument("--out", default="grades", help="directory for the reports and raw logs (default: grades)")
+    grade.add_argument("--rubric", type=Path, help="points per check, YAML (default: kmodlab/rubric.yml)")
+    grade.add_argument(
+        "--allow-any-inventory",
+        action="store_true",
+        help="grade on an inventory that is not the lab's (untrusted code runs there as root)",
+    )
+    grade.add_argument(
+        "--no-save", action="store_true", help="do not save the lab machines' disks after preparing them"
+    )
+    grade.add_argument("--build-timeout", type=int, default=120, help="seconds one module's build may take")
+    grade.add_argument("--load-timeout", type=int, default=30, help="seconds one modprobe or rmmod may take")
+    grade.add_argument("--check-timeout", type=int, default=DEFAULT_CHECK_TIMEOUT, help="seconds one check may take")
+
+
+def grade_command(args: argparse.Namespace, lab: Lab) -> int:
+    from kmodlab import reports
+    from kmodlab.submissions import stage
+
+    grader = Grader(args, lab)
+    grader.check_inventory()
+    rubric = reports.load_rubric(args.rubric)
+    submissions = stage(args.submissions.resolve(), grader.out / "submissions", grader.parts)
+    say(f"{len(submissions)} submission(s) in {args.submissions}")
+    for submission in submissions:
+        if submission.refused:
+            say(f"refused: {submission.refused}")
+    grader.prepare()
+    grader.collect()
+    jobs = grader.grade(submissions)
+    verdicts = [v for job in sorted(jobs, key=lambda j: (j.index, j.kernel)) for v in job.verdicts]
+    timings = {(job.submission.name, job.kernel): dict(job.phases, total=round(job.seconds, 1)) for job in jobs}
+    written = reports.write_all(verdicts, rubric, grader.out, timings)
+    print(reports.table(verdicts, rubric))
+    say("reports: " + ", ".join(str(path) for path in written))
+    return 0

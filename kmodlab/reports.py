@@ -1,0 +1,155 @@
+"""The grader's reports (kmodlab.grade): points from a rubric, and the verdicts as JSON, JUnit XML (one
+testsuite per submission, one testcase per kernel and check), a Markdown page and a terminal table.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from kmodlab import LabError
+
+DEFAULT_RUBRIC = Path(__file__).with_name("rubric.yml")
+VERDICTS = ("pass", "fail", "missing", "error")
+
+
+class Rubric:
+    """Points per check: `points` names checks as PART::CHECK or PART::* (every check of the part);
+    any other check is worth `default`."""
+
+    def __init__(self, data: dict):
+        self.default = float(data.get("default", 1))
+        self.points = {str(key): float(value) for key, value in (data.get("points") or {}).items()}
+
+    def worth(self, part: str, check: str) -> float:
+        for key in (f"{part}::{check}", f"{part}::{check.split('[')[0]}", f"{part}::*"):
+            if key in self.points:
+                return self.points[key]
+        return self.default
+
+
+def load_rubric(path: Path | None) -> Rubric:
+    path = path or DEFAULT_RUBRIC
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise LabError(f"cannot read the rubric {path}: {err}") from err
+    if not isinstance(data, dict) or not set(data) <= {"default", "points"}:
+        raise LabError(f"{path}: a rubric has `default` (points) and `points` (check: points) only")
+    return Rubric(data)
+
+
+def scored(verdicts: list, rubric: Rubric) -> list[dict]:
+    rows = []
+    for v in verdicts:
+        worth = rubric.worth(v.part, v.check)
+        rows.append(dict(asdict(v), points=worth if v.verdict == "pass" else 0.0, max_points=worth))
+    return rows
+
+
+def totals(rows: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(student, kernel) -> (points, max points)."""
+    sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for row in rows:
+        key = (row["student"], row["kernel"])
+        sums[key][0] += row["points"]
+        sums[key][1] += row["max_points"]
+    return {key: (got, of) for key, (got, of) in sums.items()}
+
+
+def junit(rows: list[dict]) -> ET.ElementTree:
+    suites = ET.Element("testsuites", name="kmodlab grade")
+    by_student: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_student[row["student"]].append(row)
+    for student, cases in by_student.items():
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=student,
+            tests=str(len(cases)),
+            failures=str(sum(c["verdict"] == "fail" for c in cases)),
+            errors=str(sum(c["verdict"] == "error" for c in cases)),
+            skipped=str(sum(c["verdict"] == "missing" for c in cases)),
+        )
+        for case in cases:
+            element = ET.SubElement(
+                suite,
+                "testcase",
+                classname=f"{student}.{case['kernel']}.{case['part']}",
+                name=case["check"],
+                time=f"{case['seconds']:.3f}",
+            )
+            if case["verdict"] == "fail":
+                ET.SubElement(element, "failure", message=case["reason"].splitlines()[0] if case["reason"] else "")
+                element[-1].text = case["reason"]
+            elif case["verdict"] == "error":
+                ET.SubElement(element, "error", message=case["reason"])
+            elif case["verdict"] == "missing":
+                ET.SubElement(element, "skipped", message=f"missing: {case['reason']}")
+            ET.SubElement(element, "properties").append(
+                ET.Element("property", name="points", value=f"{case['points']:g}/{case['max_points']:g}")
+            )
+    ET.indent(suites)
+    return ET.ElementTree(suites)
+
+
+def markdown(rows: list[dict]) -> str:
+    kernels = sorted({row["kernel"] for row in rows})
+    students = list(dict.fromkeys(row["student"] for row in rows))
+    sums = totals(rows)
+    lines = ["# Grades", "", "| submission | " + " | ".join(kernels) + " |", "|---|" + "---|" * len(kernels)]
+    for student in students:
+        cells = [f"{sums[(student, k)][0]:g} / {sums[(student, k)][1]:g}" for k in kernels if (student, k) in sums]
+        lines.append(f"| {student} | " + " | ".join(cells) + " |")
+    for student in students:
+        lines += ["", f"## {student}", "", "| kernel | part | check | verdict | reason |", "|---|---|---|---|---|"]
+        mine = [row for row in rows if row["student"] == student]
+        missing = {(row["kernel"], row["part"]) for row in mine if row["verdict"] == "missing"}
+        for kernel, part in sorted(missing):
+            reason = next(r["reason"] for r in mine if (r["kernel"], r["part"]) == (kernel, part))
+            lines.append(f"| {kernel} | {part} | (all its checks) | missing | {reason} |")
+        for row in mine:
+            if row["verdict"] not in ("pass", "missing"):
+                reason = row["reason"].replace("|", "\\|").replace("\n", "<br>")
+                lines.append(f"| {row['kernel']} | {row['part']} | {row['check']} | {row['verdict']} | {reason} |")
+        passed = sum(row["verdict"] == "pass" for row in mine)
+        lines += ["", f"Every other check passed ({passed} in all)."]
+    return "\n".join(lines) + "\n"
+
+
+def table(verdicts: list, rubric: Rubric) -> str:
+    """The terminal summary: per submission and kernel, points and the count of each verdict."""
+    rows = scored(verdicts, rubric)
+    sums = totals(rows)
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(VERDICTS, 0))
+    for row in rows:
+        counts[(row["student"], row["kernel"])][row["verdict"]] += 1
+    width = max([len("submission"), *(len(s) for s, _ in sums)])
+    lines = [f"{'submission':{width}}  {'kernel':24} {'points':>13}  " + " ".join(f"{v:>7}" for v in VERDICTS)]
+    for (student, kernel), (got, of) in sums.items():
+        c = counts[(student, kernel)]
+        counted = " ".join(f"{c[v]:>7}" for v in VERDICTS)
+        lines.append(f"{student:{width}}  {kernel:24} {got:>6g} / {of:<4g}  {counted}")
+    return "\n".join(lines)
+
+
+def write_all(verdicts: list, rubric: Rubric, out: Path, timings: dict[tuple[str, str], dict]) -> list[Path]:
+    """Write grades.json, junit.xml and grades.md to OUT; TIMINGS: seconds per (student, kernel), by phase."""
+    rows = scored(verdicts, rubric)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "grades.json", out / "junit.xml", out / "grades.md"]
+    sums = totals(rows)
+    summary = [
+        {"student": s, "kernel": k, "points": got, "max_points": of, "seconds": timings.get((s, k), {})}
+        for (s, k), (got, of) in sums.items()
+    ]
+    paths[0].write_text(json.dumps({"summary": summary, "checks": rows}, indent=2) + "\n")
+    junit(rows).write(paths[1], encoding="utf-8", xml_declaration=True)
+    paths[2].write_text(markdown(rows))
+    return paths

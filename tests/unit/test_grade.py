@@ -1,0 +1,212 @@
+"""The grader's reading of the fleet tests' results, its verdicts and its reports (kmodlab.grade, kmodlab.reports)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from kmodlab import LabError
+from kmodlab.grade import (
+    BUILD,
+    WHOLE,
+    Grader,
+    Host,
+    Job,
+    build_reason,
+    checks_of,
+    junit_outcomes,
+    parse_nodeid,
+    part_names,
+)
+from kmodlab.lab import Lab
+from kmodlab.reports import Rubric, junit, load_rubric, markdown, scored, table
+from kmodlab.submissions import Submission
+
+PARTS = part_names()
+NODEIDS = [
+    "tests/fleet/test_modules_loaded.py::test_module_is_in_lsmod[ansible://deb-12-hello]",
+    "tests/fleet/test_modules_loaded.py::test_module_is_in_lsmod[ansible://deb-12-my_timer]",
+    "tests/fleet/test_timer.py::test_first_read_after_load_prints_only_current_time[ansible://deb-12]",
+    "tests/fleet/test_hello.py::test_message_round_trips[ansible://deb-12]",
+    "tests/fleet/test_syscalls.py::test_traces_exist[ansible://deb-12]",
+    "tests/fleet/test_kernel_log.py::test_kernel_logged_no_oops_or_warning[ansible://deb-12]",
+    "tests/fleet/test_removal.py::test_proc_entry_is_gone[ansible://deb-12-my_timer]",
+    "tests/fleet/test_removal.py::test_part1_files_are_gone[ansible://deb-12]",
+]
+
+
+def test_parts_are_the_deployed_modules_and_part_one():
+    assert PARTS == ("hello", "my_timer", "syscalls")
+
+
+def test_a_node_id_names_its_part_and_check_whatever_the_host_is_called():
+    assert parse_nodeid(NODEIDS[0], PARTS, "deb-12") == ("hello", "test_module_is_in_lsmod[hello]")
+    first_read = "test_first_read_after_load_prints_only_current_time"
+    assert parse_nodeid(NODEIDS[2], PARTS, "deb-12") == ("my_timer", first_read)
+    assert parse_nodeid(NODEIDS[5], PARTS, "deb-12") == (WHOLE, "test_kernel_logged_no_oops_or_warning")
+    assert parse_nodeid(NODEIDS[7], PARTS, "deb-12") == (WHOLE, "test_part1_files_are_gone")
+
+
+def test_each_part_has_its_build_check_first():
+    catalogue = checks_of(NODEIDS, PARTS, "deb-12")
+    assert catalogue["hello"] == [BUILD, "test_module_is_in_lsmod[hello]", "test_message_round_trips"]
+    assert catalogue["my_timer"][0] == BUILD
+    assert "test_proc_entry_is_gone[my_timer]" in catalogue["my_timer"]
+    assert catalogue["syscalls"] == [BUILD, "test_traces_exist"]
+    assert catalogue[WHOLE] == ["test_kernel_logged_no_oops_or_warning", "test_part1_files_are_gone"]
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="alice" tests="4">
+<testcase classname="tests.fleet.test_timer" name="test_first_read_after_load_prints_only_current_time[ansible://deb-12]"
+ time="0.5"/>
+<testcase classname="tests.fleet.test_hello" name="test_message_round_trips[ansible://deb-12]" time="1.0">
+ <failure message="AssertionError: expected 'hi', got ''&#10;assert '' == 'hi'">long traceback</failure></testcase>
+<testcase classname="tests.fleet.test_modules_loaded" name="test_module_is_in_lsmod[ansible://deb-12-hello]" time="61">
+ <failure message="Failed: Timeout (&gt;60.0s) from pytest-timeout.">stack</failure></testcase>
+<testcase classname="tests.fleet.test_removal" name="test_proc_entry_is_gone[ansible://deb-12-my_timer]" time="0">
+ <skipped type="pytest.skip" message="not run: test_x ran out of time on deb-12, which may hang">skip</skipped>
+</testcase>
+</testsuite></testsuites>
+"""
+
+
+def outcomes(tmp_path):
+    path = tmp_path / "junit.xml"
+    path.write_text(JUNIT)
+    return junit_outcomes(path, PARTS, "deb-12")
+
+
+def test_junit_results_become_verdicts_with_readable_reasons(tmp_path):
+    got = outcomes(tmp_path)
+    assert got[("my_timer", "test_first_read_after_load_prints_only_current_time")] == ("pass", "", 0.5)
+    assert got[("hello", "test_message_round_trips")] == ("fail", "expected 'hi', got ''", 1.0)
+    assert got[("hello", "test_module_is_in_lsmod[hello]")][:2] == ("fail", "no answer within the time limit (>60.0s)")
+    assert got[("my_timer", "test_proc_entry_is_gone[my_timer]")][0] == "error"
+
+
+def test_a_compile_error_is_reported_by_its_first_errors():
+    record = {
+        "ok": False,
+        "msg": "my_timer: rolled back: on kernel 6.1, kbuild failed (exit 2):\nmake: Entering\n"
+        "/src/my_timer.c:10:5: error: unknown type name 'proc_ops_x'\n"
+        "/src/my_timer.c:12:1: error: expected ';'\nmake: *** [Makefile] Error 2",
+    }
+    assert build_reason(record) == (
+        "does not compile:\n/src/my_timer.c:10:5: error: unknown type name 'proc_ops_x'\n"
+        "/src/my_timer.c:12:1: error: expected ';'"
+    )
+    slow = {"msg": "x: kbuild took longer than 120 s (time limit) and was stopped"}
+    assert "took longer than 120 s" in build_reason(slow)
+
+
+def grader(tmp_path, **options):
+    args = argparse.Namespace(
+        inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), allow_any_inventory=False, **options
+    )
+    g = Grader(args, Lab("unit", home=tmp_path / "labs"))
+    g.catalogue = checks_of(NODEIDS, PARTS, "deb-12")
+    return g
+
+
+def test_missing_parts_failed_builds_and_unrun_checks_get_their_verdicts(tmp_path):
+    g = grader(tmp_path)
+    submission = Submission("alice", tmp_path, ["hello", "my_timer"])
+    record = {
+        "hello": {"ok": True, "srcversion": "ABC"},
+        "my_timer": {"ok": False, "msg": "x: kbuild failed (exit 2):\nerror: boom"},
+    }
+    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, outcomes(tmp_path))
+    got = {(v.part, v.check): (v.verdict, v.reason) for v in verdicts}
+    assert got[("hello", BUILD)] == ("pass", "loaded srcversion ABC")
+    assert got[("hello", "test_message_round_trips")] == ("fail", "expected 'hi', got ''")
+    assert got[("my_timer", BUILD)] == ("fail", "does not compile:\nerror: boom")
+    not_run = ("error", "not run: my_timer did not build and load")
+    assert got[("my_timer", "test_module_is_in_lsmod[my_timer]")] == not_run
+    assert got[("syscalls", BUILD)] == ("missing", "no syscalls/ in the submission")
+    assert got[("syscalls", "test_traces_exist")][0] == "missing"
+    assert got[(WHOLE, "test_kernel_logged_no_oops_or_warning")][0] == "error"  # not in the results: not run
+
+
+def test_a_time_out_an_oops_or_an_unclean_host_means_a_restore(tmp_path):
+    done = subprocess.CompletedProcess([], 1)
+    assert "ran out of time" in Grader.trouble(done, outcomes(tmp_path))
+    assert Grader.trouble(done, {(WHOLE, "test_kernel_logged_no_oops_or_warning"): ("fail", "BUG", 0)})
+    assert "not left clean" in Grader.trouble(done, {("hello", "test_proc_entry_is_gone[hello]"): ("fail", "", 0)})
+    assert Grader.trouble(done, {("hello", "test_message_round_trips"): ("fail", "wrong", 0)}) == ""
+    assert "did not complete" in Grader.trouble(subprocess.CompletedProcess([], 2), {})
+
+
+class FakeVm:
+    def __init__(self, name, port, running=True):
+        self.name, self.config, self._running = name, argparse.Namespace(port=port), running
+
+    def running(self):
+        return self._running
+
+
+def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monkeypatch):
+    (tmp_path / "inv.yml").write_text(
+        "all:\n  hosts:\n"
+        "    deb-12: {ansible_host: 127.0.0.1, ansible_port: 2222}\n"
+        "    deb-13: {ansible_host: 127.0.0.1, ansible_port: 2299}\n"  # not the port of the lab's deb-13
+        "    prod1: {ansible_host: 10.1.2.3, ansible_port: 22}\n"
+    )
+    monkeypatch.setattr(Lab, "vms", lambda self: [FakeVm("deb-12", 2222), FakeVm("deb-13", 2223)])
+    g = grader(tmp_path)
+    with pytest.raises(LabError, match="deb-13, prod1 of .* is not a running machine of lab unit"):
+        g.check_inventory()
+    allowed = grader(tmp_path)
+    allowed.args.allow_any_inventory = True
+    allowed.check_inventory()
+    assert allowed.names == ["deb-12", "deb-13", "prod1"]
+    assert allowed.lab_machines == {"deb-12"}  # only it is restored after a crash
+
+
+def test_rubric_points_reports_and_table(tmp_path):
+    points = {"hello::build": 3, "my_timer::*": 2, "hello::test_module_is_in_lsmod": 5}
+    rubric = Rubric({"default": 1, "points": points})
+    assert rubric.worth("hello", BUILD) == 3
+    assert rubric.worth("hello", "test_module_is_in_lsmod[hello]") == 5
+    assert rubric.worth("my_timer", "anything") == 2
+    assert rubric.worth(WHOLE, "anything") == 1
+    g = grader(tmp_path)
+    submission = Submission("alice", tmp_path, ["hello"])
+    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), {"hello": {"ok": True}}, outcomes(tmp_path))
+    rows = scored(verdicts, rubric)
+    assert sum(r["points"] for r in rows) == 3  # hello::build only; the rest failed, erred or is missing
+    suites = junit(rows).getroot()
+    (suite,) = suites.findall("testsuite")
+    assert suite.get("name") == "alice"
+    assert int(suite.get("tests")) == len(rows)
+    assert int(suite.get("failures")) == sum(r["verdict"] == "fail" for r in rows)
+    assert int(suite.get("skipped")) == sum(r["verdict"] == "missing" for r in rows)
+    ET.fromstring(ET.tostring(suites))  # noqa: S314 (well-formed; our own output)
+    page = markdown(rows)
+    assert "| alice | 3 / " in page
+    assert "expected 'hi', got ''" in page
+    assert table(verdicts, rubric).splitlines()[1].split()[:4] == ["alice", "6.1", "3", "/"]
+
+
+def test_the_default_rubric_reads_and_a_bad_one_is_refused(tmp_path):
+    assert load_rubric(None).worth("my_timer", BUILD) == 3
+    bad = tmp_path / "rubric.yml"
+    bad.write_text("pointz: {}\n")
+    with pytest.raises(LabError, match="a rubric has"):
+        load_rubric(bad)
+
+
+def test_nothing_loaded_earns_nothing_for_the_checks_of_the_whole(tmp_path):
+    """A submission whose only part does not build scores no clean-removal or kernel-log points."""
+    g = grader(tmp_path)
+    submission = Submission("bob", tmp_path, ["my_timer"])
+    record = {"my_timer": {"ok": False, "msg": "x: kbuild failed (exit 2):\nerror: boom"}}
+    ran = {(WHOLE, "test_kernel_logged_no_oops_or_warning"): ("pass", "", 0.1)}
+    ran[("my_timer", "test_proc_entry_is_gone[my_timer]")] = ("pass", "", 0.1)
+    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, ran)
+    assert [v.verdict for v in verdicts if v.verdict == "pass"] == []
+    whole = [v for v in verdicts if v.part == WHOLE]
+    assert {v.reason for v in whole} == {"not run: no part of the submission built and loaded"}
