@@ -7,7 +7,8 @@ Tests that change the hosts more run only when asked, after all others, by desig
 by file name: with --redeploy, those marked `redeploy` run deploy.yml themselves (with this
 repository's module_src, so not while checking a student's module); with --rollout, the rollout
 story (test_rollout.py) on a lab (--lab NAME); with --removal, those marked `removal` run
-remove.yml and check that nothing is left. molecule passes all of them.
+remove.yml and check that nothing is left; with --grade-class, test_grade_class.py grades a small class
+with the grader (on a lab, --lab). molecule passes all of them.
 
 With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
 of this repository's modules that the assignment leaves open, are left out, and those marked `grading`
@@ -23,7 +24,7 @@ from pathlib import Path
 import pytest
 
 # Opt-in markers, in the order their tests run after the others.
-OPT_IN = ("grading", "redeploy", "rollout", "removal")
+OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
 # Seconds a fleet test may take unless it says otherwise (pytest.mark.timeout) or --timeout is given.
 FLEET_TIMEOUT = 120
 # Tests that stop after a time-out, by host: hosts[name] = the test that ran out of time there.
@@ -37,6 +38,12 @@ def pytest_addoption(parser):
     parser.addoption("--rollout", action="store_true", help="also run the rollout story (needs a lab: see --lab)")
     parser.addoption("--removal", action="store_true", help="also run remove.yml and check that nothing is left")
     parser.addoption("--lab", default="default", help="the kmodlab lab the inventory's hosts belong to (rollout)")
+    parser.addoption(
+        "--grade-class",
+        action="store_true",
+        dest="grade_class",
+        help="also grade a small class with python -m kmodlab grade (needs a lab: see --lab), after all others",
+    )
     parser.addoption(
         "--module-src",
         type=Path,
@@ -100,3 +107,4 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "redeploy: runs deploy.yml itself; selected by --redeploy")
     config.addinivalue_line("markers", "rollout: bad releases, stops, reboots, a kernel upgrade; selected by --rollout")
     config.addinivalue_line("markers", "removal: runs remove.yml; selected by --removal")
+    config.addinivalue_line("markers", "grade_class: grades a small class on the lab; selected by --grade-class")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -15,6 +16,7 @@ from kmodlab.grade import (
     Grader,
     Host,
     Job,
+    Verdict,
     build_reason,
     checks_of,
     junit_outcomes,
@@ -210,3 +212,46 @@ def test_nothing_loaded_earns_nothing_for_the_checks_of_the_whole(tmp_path):
     assert [v.verdict for v in verdicts if v.verdict == "pass"] == []
     whole = [v for v in verdicts if v.part == WHOLE]
     assert {v.reason for v in whole} == {"not run: no part of the submission built and loaded"}
+
+
+class SchedulingGrader(Grader):
+    """A grader whose hosts grade by sleeping: which host took which submission on which kernel."""
+
+    def grade_one(self, job, host):
+        time.sleep(0.05)
+        if host.name == "broken":
+            host.out_of_service = "did not answer"
+            raise LabError("did not answer")
+        return [Verdict(job.submission.name, job.kernel, host.name, "hello", BUILD, "pass")]
+
+    def restore(self, host, why):
+        pass
+
+
+def test_submissions_are_spread_over_the_hosts_of_each_kernel(tmp_path, capsys):
+    g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
+    g.catalogue = {"hello": [BUILD]}
+    g.hosts = [Host("a", "6.1"), Host("b", "6.1"), Host("c", "6.12")]
+    submissions = [Submission(f"s{i}", tmp_path, ["hello"]) for i in range(6)]
+    jobs = g.grade(submissions)
+    assert sorted((j.submission.name, j.kernel) for j in jobs) == sorted(
+        (s.name, k) for s in submissions for k in ("6.1", "6.12")
+    )
+    on = {j.verdicts[0].host for j in jobs if j.kernel == "6.1"}
+    assert on == {"a", "b"}  # two hosts of one kernel grade two submissions at once
+    assert {j.verdicts[0].host for j in jobs if j.kernel == "6.12"} == {"c"}
+    progress = [line for line in capsys.readouterr().err.splitlines() if " graded (" in line]
+    assert len(progress) == 6
+    assert "[6/6]" in progress[-1] and "left" in progress[0]
+
+
+def test_a_kernel_whose_only_host_is_lost_grades_on_elsewhere_as_errors(tmp_path):
+    g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
+    g.catalogue = {"hello": [BUILD]}
+    g.hosts = [Host("a", "6.1"), Host("broken", "6.12")]
+    jobs = g.grade([Submission(f"s{i}", tmp_path, ["hello"]) for i in range(3)])
+    lost = [j for j in jobs if j.kernel == "6.12"]
+    assert len(lost) == 3
+    assert all(j.verdicts and j.verdicts[0].verdict == "error" for j in lost)
+    assert any("no host of this kernel was left" in j.verdicts[0].reason for j in lost)
+    assert all(j.verdicts[0].verdict == "pass" for j in jobs if j.kernel == "6.1")

@@ -406,3 +406,47 @@ def test_a_guest_whose_newest_kernel_has_no_initrd_is_not_rebooted(rebootable):
     with pytest.raises(LabError, match=r"newest kernel 6\.12\.48\+deb12-amd64 has no /boot/initrd.img"):
         lab.reboot("a")
     assert fake.up and fake.log == ["ls -1"]
+
+
+# save and restore: the disk a machine returns to after a crash (the grader's restore).
+
+
+def qemu_io(disk: Path, command: str) -> bool:
+    """Run one qemu-io COMMAND on DISK (qcow2); whether it succeeded (a read -P checks the pattern)."""
+    result = subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, str(disk)], capture_output=True, text=True)
+    return result.returncode == 0 and "Pattern verification failed" not in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="needs qemu-utils")
+def test_a_saved_disk_is_what_a_reset_returns_to(tmp_path):
+    """save_disk keeps the disk as it is (merging later saves in); reset_disk drops what came after."""
+    image = Image(tmp_path / "image")
+    image.path.mkdir()
+    image.disk.write_bytes(bytes(1024 * 1024))
+    machine = Vm(tmp_path / "vm")
+    machine.dir.mkdir()
+    vm.create_overlay(image, machine.overlay)
+    assert qemu_io(machine.overlay, "write -P 0xab 0 4k")  # prepared: packages installed
+    machine.save_disk()
+    assert images.backing_file(machine.overlay) == machine.saved
+    assert machine.base_image().path == image.path
+    assert qemu_io(machine.overlay, "write -P 0xcd 0 4k")  # a submission's mess
+    machine.reset_disk(image)
+    assert qemu_io(machine.overlay, "read -P 0xab 0 4k")
+    assert qemu_io(machine.overlay, "write -P 0xef 4k 4k")
+    machine.save_disk()  # a second save merges into the saved disk
+    assert qemu_io(machine.overlay, "write -P 0x11 4k 4k")
+    machine.reset_disk(image)
+    assert qemu_io(machine.overlay, "read -P 0xab 0 4k")
+    assert qemu_io(machine.overlay, "read -P 0xef 4k 4k")
+    assert machine.remove() == []  # saved.qcow2 is one of the files the lab wrote
+
+
+def test_reset_without_a_save_starts_from_the_image(tmp_path):
+    image = Image(tmp_path / "image")
+    image.path.mkdir()
+    image.disk.write_bytes(bytes(1024 * 1024))
+    machine = Vm(tmp_path / "vm")
+    machine.dir.mkdir()
+    machine.reset_disk(image)
+    assert images.backing_file(machine.overlay) == image.disk
