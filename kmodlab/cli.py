@@ -184,17 +184,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "stop":
         lab.stop(args.name)
         return 0
-    if args.command == "start":
-        lab.start(args.name, args.timeout)
-        return 0
-    if args.command == "reboot":
-        lab.reboot(args.name, args.timeout)
-        return 0
-    if args.command == "save":
-        lab.save(args.name, args.timeout)
-        return 0
-    if args.command == "restore":
-        lab.restore(args.name, args.timeout)
+    booting = {"start": lab.start, "reboot": lab.reboot, "save": lab.save, "restore": lab.restore}
+    if args.command in booting:  # one machine, booted again: wait for ssh up to --timeout
+        booting[args.command](args.name, args.timeout)
         return 0
     if args.command == "grade":
         return grade_command(args, lab)

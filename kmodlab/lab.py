@@ -14,7 +14,7 @@ import contextlib
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -314,21 +314,13 @@ class Lab:
         a new overlay of it, on the same port and kernel.
         """
         vm = self.machine(name, running=True)
-        image = vm.base_image()
-        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
-        self.write_ssh_config()
-        config = self._with_cache(vm.config)
         say(f"saving the disk of {name}")
-        try:
+
+        def keep_disk(_image: Image) -> None:
             self._power_off(vm)
-            with interrupts_held():
-                vm.save_disk()
-            self._boot(vm, config, image, public_key, timeout)
-        except BaseException:
-            with interrupts_held():
-                vm.stop()
-                self._write_known_hosts()
-            raise
+            vm.save_disk()
+
+        self._boot_again(vm, timeout, keep_disk)
 
     def restore(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
         """Stop machine NAME at once (running or not) and boot it on a new overlay of its saved disk.
@@ -337,16 +329,24 @@ class Lab:
         For a machine whose kernel hung or oopsed: whatever happened since the save is gone.
         """
         vm = self.machine(name, running=None)
+        say(f"restoring {name} to its {'saved disk' if vm.saved.is_file() else 'image'}")
+
+        def fresh_disk(image: Image) -> None:
+            vm.stop()
+            self._close_connection(vm)
+            vm.reset_disk(image)
+
+        self._boot_again(vm, timeout, fresh_disk)
+
+    def _boot_again(self, vm: Vm, timeout: float, before: Callable[[Image], None]) -> None:
+        """Run BEFORE(image) on VM's disk, uninterrupted, then boot VM on it; VM is stopped if that fails."""
         image = vm.base_image()
         public_key = ensure_key(self.key, f"kmodlab-{self.name}")
         self.write_ssh_config()
         config = self._with_cache(vm.config)
-        say(f"restoring {name} to its {'saved disk' if vm.saved.is_file() else 'image'}")
-        with interrupts_held():
-            vm.stop()
-            self._close_connection(vm)
-            vm.reset_disk(image)
         try:
+            with interrupts_held():
+                before(image)
             self._boot(vm, config, image, public_key, timeout)
         except BaseException:
             with interrupts_held():

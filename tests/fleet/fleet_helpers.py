@@ -33,6 +33,23 @@ def module_version(name: str, src_root: Path | None = None) -> str:
     return ""
 
 
+# Python for the hosts' python3 (Ansible's interpreter there), put before the scripts the tests run:
+# read(entry) reads a file to its end with read(2) calls of 4096 bytes, and gives the bytes.
+HOST_READ = r"""
+import os
+def read(entry):
+    fd = os.open(entry, os.O_RDONLY)
+    try:
+        parts = []
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+    finally:
+        os.close(fd)
+"""
+
 # Printed once by the kernel when a timer interrupt ran long: under emulation (TCG) after a fresh boot,
 # whatever the modules do. It says nothing about them, so it is not counted.
 EMULATION_NOISE = re.compile(r"\] hrtimer: interrupt took \d+ ns$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from fleet_helpers import MODULES
+from fleet_helpers import HOST_READ, MODULES
 
 HELLO = MODULES["hello"]
 # The longest write the tests make in one write(2): more than any sensible message buffer.
@@ -21,8 +21,10 @@ LONG_WRITE = 8192
 # `W:TEXT` writes TEXT; `r` reads the entry to its end and prints the length and the text.
 # `cap` finds the largest N whose write is taken and read back whole (binary search up to
 # LONG_WRITE) and prints it.
-HELLO_STEPS = r"""
-import errno, os, sys
+HELLO_STEPS = (
+    HOST_READ
+    + r"""
+import sys
 entry = sys.argv[1]
 def write(data):
     fd = os.open(entry, os.O_WRONLY)
@@ -32,26 +34,15 @@ def write(data):
         return -err.errno
     finally:
         os.close(fd)
-def read():
-    fd = os.open(entry, os.O_RDONLY)
-    try:
-        parts = []
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-    finally:
-        os.close(fd)
 def kept_whole(n):
-    return write(b"x" * n) == n and read() == b"x" * n
+    return write(b"x" * n) == n and read(entry) == b"x" * n
 for step in sys.argv[2:]:
     if step.startswith("w:"):
         print(write(b"x" * int(step[2:])))
     elif step.startswith("W:"):
         print(write(step[2:].encode()))
     elif step == "r":
-        text = read()
+        text = read(entry)
         print(len(text), text.decode(errors="backslashreplace").encode("unicode_escape").decode())
     elif step.startswith("cap:"):
         lo, hi = 1, int(step[4:])
@@ -61,6 +52,7 @@ for step in sys.argv[2:]:
         print(lo)
     sys.stdout.flush()
 """
+)
 
 
 def steps(host, *args: str) -> list[str]:

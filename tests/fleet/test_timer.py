@@ -7,7 +7,7 @@ import shlex
 from decimal import Decimal
 
 import pytest
-from fleet_helpers import MODULES, warnings_in_dmesg
+from fleet_helpers import HOST_READ, MODULES, warnings_in_dmesg
 
 CURRENT = re.compile(r"current time: (\d+\.\d{9})\n")
 BOTH = re.compile(r"current time: (\d+\.\d{9})\nelapsed time: (\d+\.\d{9})\n")
@@ -22,20 +22,11 @@ NS = 10**9
 # wall clock. argv: the separator, the entry, then one window per read, LO-HI in milliseconds of a second:
 # the read starts when the clock's milliseconds are in [LO, HI). Prints each read's text and the
 # separator after it, then the nanoseconds from the start of the first read to the end of the last.
-TIMED_READS = r"""
-import os, sys, time
+TIMED_READS = (
+    HOST_READ
+    + r"""
+import sys, time
 sep, entry, windows = sys.argv[1], sys.argv[2], [[int(x) * 10**6 for x in w.split("-")] for w in sys.argv[3:]]
-def read():
-    fd = os.open(entry, os.O_RDONLY)
-    try:
-        parts = []
-        while True:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return b"".join(parts).decode(errors="replace")
-            parts.append(chunk)
-    finally:
-        os.close(fd)
 def wait(lo, hi):
     while not lo <= time.time_ns() % 10**9 < hi:
         time.sleep(((lo - time.time_ns()) % 10**9) / 1e9)
@@ -43,9 +34,10 @@ start = None
 for lo, hi in windows:
     wait(lo, hi)
     start = start or time.time_ns()
-    print(read(), end=sep + "\n")
+    print(read(entry).decode(errors="replace"), end=sep + "\n")
 print(time.time_ns() - start)
 """
+)
 
 
 def reads(host, script: str) -> list[str]:

@@ -417,14 +417,20 @@ def qemu_io(disk: Path, command: str) -> bool:
     return result.returncode == 0 and "Pattern verification failed" not in result.stdout
 
 
-@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="needs qemu-utils")
-def test_a_saved_disk_is_what_a_reset_returns_to(tmp_path):
-    """save_disk keeps the disk as it is (merging later saves in); reset_disk drops what came after."""
+def raw_image_and_machine(tmp_path: Path) -> tuple[Image, Vm]:
+    """An image with a 1 MiB raw disk, and a machine directory with no disk yet."""
     image = Image(tmp_path / "image")
     image.path.mkdir()
     image.disk.write_bytes(bytes(1024 * 1024))
     machine = Vm(tmp_path / "vm")
     machine.dir.mkdir()
+    return image, machine
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="needs qemu-utils")
+def test_a_saved_disk_is_what_a_reset_returns_to(tmp_path):
+    """save_disk keeps the disk as it is (merging later saves in); reset_disk drops what came after."""
+    image, machine = raw_image_and_machine(tmp_path)
     vm.create_overlay(image, machine.overlay)
     assert qemu_io(machine.overlay, "write -P 0xab 0 4k")  # prepared: packages installed
     machine.save_disk()
@@ -442,11 +448,8 @@ def test_a_saved_disk_is_what_a_reset_returns_to(tmp_path):
     assert machine.remove() == []  # saved.qcow2 is one of the files the lab wrote
 
 
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-utils")
 def test_reset_without_a_save_starts_from_the_image(tmp_path):
-    image = Image(tmp_path / "image")
-    image.path.mkdir()
-    image.disk.write_bytes(bytes(1024 * 1024))
-    machine = Vm(tmp_path / "vm")
-    machine.dir.mkdir()
+    image, machine = raw_image_and_machine(tmp_path)
     machine.reset_disk(image)
     assert images.backing_file(machine.overlay) == image.disk
