@@ -7,6 +7,13 @@ import os
 import time
 
 DEFAULT_PATH = "/run/kmodlab.lock"
+# The options of the modules that take the lock (documented once, in doc_fragments/lock.py).
+LOCK_ARGUMENT_SPEC = {
+    "owner": {"type": "str", "required": True},
+    "wait": {"type": "int", "default": 300},
+    "ttl": {"type": "int", "default": 3600},
+    "lock_path": {"type": "path", "default": DEFAULT_PATH, "aliases": ["path"]},
+}
 
 
 class LockBusy(Exception):

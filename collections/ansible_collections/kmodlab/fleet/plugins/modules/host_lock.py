@@ -19,22 +19,8 @@ options:
     type: str
     choices: [acquired, released]
     default: acquired
-  owner:
-    description: Who takes the lock (one value per run, for example user, controller host and start time).
-    type: str
-    required: true
-  wait:
-    description: Seconds to wait for another owner's lock before failing.
-    type: int
-    default: 300
-  ttl:
-    description: Seconds after which a lock is taken to belong to a run that died.
-    type: int
-    default: 3600
-  path:
-    description: The lock file (on tmpfs, so a reboot frees it).
-    type: path
-    default: /run/kmodlab.lock
+extends_documentation_fragment:
+  - kmodlab.fleet.lock
 author:
   - kmodlab
 """
@@ -64,7 +50,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
-    DEFAULT_PATH,
+    LOCK_ARGUMENT_SPEC,
     LockBusy,
     read_lock,
     release,
@@ -74,17 +60,13 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "state": {"type": "str", "choices": ["acquired", "released"], "default": "acquired"},
-            "owner": {"type": "str", "required": True},
-            "wait": {"type": "int", "default": 300},
-            "ttl": {"type": "int", "default": 3600},
-            "path": {"type": "path", "default": DEFAULT_PATH},
-        },
+        argument_spec=dict(
+            LOCK_ARGUMENT_SPEC, state={"type": "str", "choices": ["acquired", "released"], "default": "acquired"}
+        ),
         supports_check_mode=True,
     )
     params = module.params
-    path, owner = params["path"], params["owner"]
+    path, owner = params["lock_path"], params["owner"]
     result = {"changed": False, "ansible_facts": {"kernel": os.uname().release}, "waited": 0.0}
     before = read_lock(path)
     result["holder"] = before.get("owner", "") if before else ""

@@ -21,22 +21,6 @@ description:
     C(reasons) says what differs.
   - In check mode no lock is taken.
 options:
-  owner:
-    description: Who takes the lock (one value per run).
-    type: str
-    required: true
-  wait:
-    description: Seconds to wait for another owner's lock before failing.
-    type: int
-    default: 300
-  ttl:
-    description: Seconds after which a lock is taken to belong to a run that died.
-    type: int
-    default: 3600
-  lock_path:
-    description: The lock file.
-    type: path
-    default: /run/kmodlab.lock
   packages:
     description: Debian packages that must be installed.
     type: list
@@ -62,6 +46,8 @@ options:
     description: Seconds the read of each /proc entry may take.
     type: int
     default: 10
+extends_documentation_fragment:
+  - kmodlab.fleet.lock
 author:
   - kmodlab
 """
@@ -121,7 +107,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Refusal, plan_present
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
-    DEFAULT_PATH,
+    LOCK_ARGUMENT_SPEC,
     LockBusy,
     read_lock,
     release,
@@ -196,17 +182,16 @@ def part1_reasons(module, spec):
 
 def main():
     module = AnsibleModule(
-        argument_spec={
-            "owner": {"type": "str", "required": True},
-            "wait": {"type": "int", "default": 300},
-            "ttl": {"type": "int", "default": 3600},
-            "lock_path": {"type": "path", "default": DEFAULT_PATH},
-            "packages": {"type": "list", "elements": "str", "default": []},
-            "running_kernel_headers": {"type": "bool", "default": True},
-            "modules": {"type": "list", "elements": "dict", "default": []},
-            "part1": {"type": "dict"},
-            "check_timeout": {"type": "int", "default": 10},
-        },
+        argument_spec=dict(
+            LOCK_ARGUMENT_SPEC,
+            **{
+                "packages": {"type": "list", "elements": "str", "default": []},
+                "running_kernel_headers": {"type": "bool", "default": True},
+                "modules": {"type": "list", "elements": "dict", "default": []},
+                "part1": {"type": "dict"},
+                "check_timeout": {"type": "int", "default": 10},
+            },
+        ),
         supports_check_mode=True,
     )
     params = module.params
