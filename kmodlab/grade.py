@@ -170,7 +170,10 @@ def build_reason(record: dict) -> str:
         return "does not compile:\n" + "\n".join(errors[:5])
     if "took longer than" in message:
         return re.sub(r"^.*?((?:kbuild|modprobe|rmmod)\S* took longer than .*?stopped).*$", r"\1", message, flags=re.S)
-    return message.replace("rolled back: ", "")[:600]
+    reason = message.replace("rolled back: ", "")[:600]
+    if record.get("dmesg") and "kbuild" not in message:
+        reason += "\nkernel log:\n" + "\n".join(record["dmesg"][-5:])
+    return reason
 
 
 class Grader:

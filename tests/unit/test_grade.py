@@ -255,3 +255,14 @@ def test_a_kernel_whose_only_host_is_lost_grades_on_elsewhere_as_errors(tmp_path
     assert all(j.verdicts and j.verdicts[0].verdict == "error" for j in lost)
     assert any("no host of this kernel was left" in j.verdicts[0].reason for j in lost)
     assert all(j.verdicts[0].verdict == "pass" for j in jobs if j.kernel == "6.1")
+
+
+def test_a_load_failure_is_reported_with_the_kernel_log():
+    record = {
+        "ok": False,
+        "msg": "my_timer: rolled back: on kernel 6.1, modprobe failed (exit 1):\nmodprobe: ERROR: could not insert",
+        "dmesg": ["[ 1.0] boot", "[ 9.1] my_timer: proc_create failed"],
+    }
+    reason = build_reason(record)
+    assert reason.startswith("my_timer: on kernel 6.1, modprobe failed (exit 1)")
+    assert reason.endswith("kernel log:\n[ 1.0] boot\n[ 9.1] my_timer: proc_create failed")
