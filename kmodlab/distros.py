@@ -27,6 +27,8 @@ class Distro:
     name: str
     suite: str
     extra_packages: tuple[str, ...] = ()
+    # apt options for the image's build and, kept in the image, for apt inside the machine.
+    apt_options: tuple[str, ...] = ()
 
     @property
     def packages(self) -> tuple[str, ...]:
@@ -38,6 +40,11 @@ DISTROS: dict[str, Distro] = {
     for d in (
         Distro(name="debian12", suite="bookworm"),
         Distro(name="debian13", suite="trixie"),
+        # Optional, not in the default fleet: Debian's next release as it stands, with the newest
+        # kernel Debian ships, to see which modules break on it (it changes as testing moves).
+        # testing's Release files expire within days, and a local mirror or snapshot stops being
+        # refreshed: apt is told not to refuse an expired one.
+        Distro(name="testing", suite="testing", apt_options=('Acquire::Check-Valid-Until "false"',)),
     )
 }
 

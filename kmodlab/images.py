@@ -87,6 +87,7 @@ def image_key(distro: Distro, kernel: str, guest_digest: str) -> str:
             "packages": sorted(distro.packages),
             "kernel": kernel,
             "guest": guest_digest,
+            **({"apt_options": list(distro.apt_options)} if distro.apt_options else {}),
         },
         sort_keys=True,
     )
@@ -182,6 +183,7 @@ def mmdebstrap_command(distro: Distro, mirror: str, root: Path) -> list[str]:
         # Keep the package lists, so that apt (and Ansible's --check) can resolve packages at once.
         "--skip=cleanup/apt/lists",
         "--include=" + ",".join(distro.packages),
+        *(f"--aptopt={option}" for option in distro.apt_options),
         f"--customize-hook=sync-in {GUEST_FILES} /",
         '--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*',
         '--customize-hook=chroot "$1" systemctl enable systemd-networkd.service kmodlab-boot.service',

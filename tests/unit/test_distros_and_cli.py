@@ -16,6 +16,14 @@ def test_known_distributions_include_debian_12_and_13():
     assert get_distro("debian13").suite == "trixie"
 
 
+def test_debian_testing_is_offered_but_not_in_the_default_fleet():
+    """`up --vm next=testing` runs Debian testing (the newest kernel Debian ships); `up` alone does not."""
+    from kmodlab.distros import DEFAULT_FLEET
+
+    assert get_distro("testing").suite == "testing"
+    assert "testing" not in DEFAULT_FLEET
+
+
 def test_unknown_distribution_lists_the_known_ones():
     """An unknown name fails with every known name in the message."""
     with pytest.raises(LabError) as err:

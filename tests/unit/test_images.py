@@ -129,3 +129,15 @@ def test_build_in_progress_is_never_an_entry(tmp_path, monkeypatch):
         images.build_image(get_distro("debian12"), "file:///nowhere", "6.1.0-1-amd64", dest, log=log)
     assert list((tmp_path / "images").iterdir()) == []
     assert log.is_file()
+
+
+def test_a_distributions_apt_options_reach_the_build_and_its_cache_key():
+    """testing's expired-Release option goes to mmdebstrap (and so into the image); debian12 gets none."""
+    from kmodlab.distros import get_distro
+    from kmodlab.images import image_key, mmdebstrap_command
+
+    testing = mmdebstrap_command(get_distro("testing"), "http://mirror/debian", Path("/tmp/root"))
+    assert '--aptopt=Acquire::Check-Valid-Until "false"' in testing
+    assert not [word for word in mmdebstrap_command(get_distro("debian12"), "http://m", Path("/r")) if "aptopt" in word]
+    plain = get_distro("testing").__class__("testing", "testing")
+    assert image_key(get_distro("testing"), "7.2", "g") != image_key(plain, "7.2", "g")
