@@ -50,10 +50,13 @@ def variant(name: str, dest: Path, alone: bool = False) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path)
-    parser.add_argument("variants", nargs="*", choices=[[], *VARIANTS], default=[])
+    parser.add_argument("variants", nargs="*", metavar="VARIANT", help="default: every variant of corpus.yml")
     parser.add_argument("--alone", action="store_true", help="a variant's submission holds its module only")
     parser.add_argument("--no-reference", action="store_true", help="leave the reference out")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"no such variant: {', '.join(unknown)}; see tests/corpus/corpus.yml")
     args.dest.mkdir(parents=True, exist_ok=True)
     if not args.no_reference:
         reference(args.dest / "reference")
