@@ -189,6 +189,10 @@ class Grader:
         self.hosts: list[Host] = []
         self.catalogue: dict[str, list[str]] = {}
         self.lock = threading.Lock()
+        self.finished_jobs: list[Job] = []
+        # Called with the jobs finished so far after each one (under the lock): the reports are written
+        # as the run goes, so an interrupted run leaves the submissions graded until then.
+        self.on_finished = lambda jobs: None
 
     # Before grading.
 
@@ -433,6 +437,8 @@ class Grader:
 
     def finished(self, job: Job) -> None:
         with self.lock:
+            self.finished_jobs.append(job)
+            self.on_finished(self.finished_jobs)
             self.pending[job.index] -= 1
             if self.pending[job.index]:
                 return
@@ -532,12 +538,17 @@ def grade_command(args: argparse.Namespace, lab: Lab) -> int:
     for submission in submissions:
         if submission.refused:
             say(f"refused: {submission.refused}")
+
+    def write(jobs: list[Job]) -> tuple[list[Verdict], list[Path]]:
+        jobs = sorted(jobs, key=lambda j: (j.index, j.kernel))
+        verdicts = [v for job in jobs for v in job.verdicts]
+        timings = {(job.submission.name, job.kernel): dict(job.phases, total=round(job.seconds, 1)) for job in jobs}
+        return verdicts, reports.write_all(verdicts, rubric, grader.out, timings)
+
+    grader.on_finished = write
     grader.prepare()
     grader.collect()
-    jobs = grader.grade(submissions)
-    verdicts = [v for job in sorted(jobs, key=lambda j: (j.index, j.kernel)) for v in job.verdicts]
-    timings = {(job.submission.name, job.kernel): dict(job.phases, total=round(job.seconds, 1)) for job in jobs}
-    written = reports.write_all(verdicts, rubric, grader.out, timings)
+    verdicts, written = write(grader.grade(submissions))
     print(reports.table(verdicts, rubric))
     say("reports: " + ", ".join(str(path) for path in written))
     return 0

@@ -233,7 +233,10 @@ def test_submissions_are_spread_over_the_hosts_of_each_kernel(tmp_path, capsys):
     g.catalogue = {"hello": [BUILD]}
     g.hosts = [Host("a", "6.1"), Host("b", "6.1"), Host("c", "6.12")]
     submissions = [Submission(f"s{i}", tmp_path, ["hello"]) for i in range(6)]
+    seen = []
+    g.on_finished = lambda jobs: seen.append(len(jobs))  # where the reports are written as the run goes
     jobs = g.grade(submissions)
+    assert seen == list(range(1, 13))
     assert sorted((j.submission.name, j.kernel) for j in jobs) == sorted(
         (s.name, k) for s in submissions for k in ("6.1", "6.12")
     )
