@@ -184,8 +184,10 @@ class Grader:
         self.out = Path(args.out).resolve()
         self.raw = self.out / "raw"
         self.parts = part_names()
-        self.env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
         self.bin = Path(sys.executable).parent
+        # Ansible's and pytest's programs from this Python's environment, first: testinfra runs ansible-inventory.
+        path = os.pathsep.join([str(self.bin), os.environ.get("PATH", os.defpath)])
+        self.env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PATH=path)
         self.hosts: list[Host] = []
         self.catalogue: dict[str, list[str]] = {}
         self.lock = threading.Lock()
@@ -460,7 +462,7 @@ class Grader:
             f"--ansible-inventory={self.inventory}",
             "--grading",
             "--removal",
-            f"--timeout={self.args.check_timeout}",
+            f"--check-timeout={self.args.check_timeout}",
             "-p",
             "no:cacheprovider",
         ]

@@ -12,9 +12,9 @@ with the grader (on a lab, --lab). molecule passes all of them.
 
 With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
 of this repository's modules that the assignment leaves open, are left out, and those marked `grading`
-(which need the kernel log cleared before the deploy) run after the others. Every test has a time limit
-(pytest-timeout, --timeout; FLEET_TIMEOUT by default); after a test runs out of time on a host, the tests
-still to come on that host are skipped with the reason, as the host may hang.
+(which need the kernel log cleared before the deploy) run after the others. Every check has a time limit
+(pytest-timeout; --check-timeout, FLEET_TIMEOUT by default); after a test runs out of time on a host,
+the tests still to come on that host are skipped with the reason, as the host may hang.
 """
 
 from __future__ import annotations
@@ -25,8 +25,12 @@ import pytest
 
 # Opt-in markers, in the order their tests run after the others.
 OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
-# Seconds a fleet test may take unless it says otherwise (pytest.mark.timeout) or --timeout is given.
+# Seconds a check may take (the tests that are not opt-in, and the `grading` ones) unless it says
+# otherwise (pytest.mark.timeout) or --check-timeout / pytest-timeout's --timeout is given; a removal
+# test, whose first one runs remove.yml, REMOVAL_TIMEOUT. The tests that run playbooks or the grader
+# themselves (redeploy, rollout, grade_class) have no limit but their own.
 FLEET_TIMEOUT = 120
+REMOVAL_TIMEOUT = 900
 # Tests that stop after a time-out, by host: hosts[name] = the test that ran out of time there.
 HUNG: dict[str, str] = {}
 # How pytest-timeout's failure message ends.
@@ -49,6 +53,12 @@ def pytest_addoption(parser):
         type=Path,
         default=None,
         help="the sources the hosts were deployed from, <name>/ per module (default: module_src)",
+    )
+    parser.addoption(
+        "--check-timeout",
+        type=float,
+        default=FLEET_TIMEOUT,
+        help=f"seconds one check may take (default {FLEET_TIMEOUT}; the removal tests {REMOVAL_TIMEOUT})",
     )
     parser.addoption(
         "--grading",
@@ -74,9 +84,12 @@ def pytest_collection_modifyitems(config, items):
     if deselected:
         config.hook.pytest_deselected(items=deselected)
     items[:] = kept
+    limits = {None: config.getoption("check_timeout"), "grading": config.getoption("check_timeout")}
+    limits["removal"] = REMOVAL_TIMEOUT
     for item in kept:
-        if item.get_closest_marker("timeout") is None and not config.getoption("timeout", None):
-            item.add_marker(pytest.mark.timeout(FLEET_TIMEOUT))
+        limit = limits.get(opt_in_marker(item))
+        if limit and item.get_closest_marker("timeout") is None and not config.getoption("timeout", None):
+            item.add_marker(pytest.mark.timeout(limit))
 
 
 def _host_name(item) -> str | None:

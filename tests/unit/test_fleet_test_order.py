@@ -39,3 +39,44 @@ def test_opt_in_tests_run_last_in_their_order_whatever_their_file_names(tmp_path
 def test_opt_in_tests_are_left_out_without_their_option(tmp_path):
     assert collected_order(tmp_path) == ["test_deployed", "test_more"]
     assert collected_order(tmp_path, "--removal") == ["test_deployed", "test_more", "test_removed"]
+
+
+def run_in(tmp_path: Path, tests: str, *options: str) -> subprocess.CompletedProcess[str]:
+    shutil.copy(CONFTEST, tmp_path / "conftest.py")
+    (tmp_path / "test_x.py").write_text(tests)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, str(tmp_path)],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+
+
+def test_grading_leaves_out_the_tests_pinning_the_reference_and_adds_its_own(tmp_path):
+    tests = (
+        "import pytest\n"
+        "@pytest.mark.reference\ndef test_pinned(): pass\n"
+        "@pytest.mark.grading\ndef test_log(): pass\n"
+        "def test_check(): pass\n"
+    )
+    plain = run_in(tmp_path, tests).stdout
+    assert "PASSED test_x.py::test_pinned" in plain and "test_log" not in plain
+    graded = run_in(tmp_path, tests, "--grading").stdout
+    assert "test_pinned" not in graded
+    assert graded.index("PASSED test_x.py::test_check") < graded.index("PASSED test_x.py::test_log")
+
+
+def test_a_check_that_runs_out_of_time_fails_and_the_rest_on_its_host_are_not_run(tmp_path):
+    """The time limit applies to checks (not to the tests that run playbooks); after it, the host may hang."""
+    tests = (
+        "import time, pytest\n"
+        "class Backend:\n    def get_hostname(self): return 'h1'\n"
+        "class Host:\n    backend = Backend()\n"
+        "@pytest.fixture\ndef host(): return Host()\n"
+        "def test_a_hangs(host): time.sleep(30)\n"
+        "def test_b_after(host): pass\n"
+        "@pytest.mark.redeploy\ndef test_c_long(): time.sleep(2)\n"
+    )
+    out = run_in(tmp_path, tests, "--check-timeout=1", "--redeploy").stdout
+    assert "FAILED test_x.py::test_a_hangs" in out and "Timeout (>1.0s) from pytest-timeout" in out
+    assert "not run: test_x.py::test_a_hangs ran out of time on h1, which may hang" in out
+    assert "1 failed, 1 passed, 1 skipped" in out
+    assert "PASSED test_x.py::test_c_long" in out  # 2 s, over the checks' limit: not a check
