@@ -221,6 +221,10 @@ class Grader:
     def prepare(self) -> None:
         """Install the build packages, read each host's kernel, save the lab machines' disks."""
         self.raw.mkdir(parents=True, exist_ok=True)
+        if self.lab_machines:
+            # The host keys the machines announced, again: a run interrupted in a restore leaves a
+            # machine booted whose key was never written down.
+            self.lab.write_known_hosts()
         names = self.names
         releases_file = self.raw / "releases.json"
         releases_file.unlink(missing_ok=True)

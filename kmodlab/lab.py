@@ -218,14 +218,14 @@ class Lab:
             deadline = time.monotonic() + timeout
             for vm in started:
                 self._wait_for_ssh(vm, deadline)
-            self._write_known_hosts()
+            self.write_known_hosts()
             if inventory is not None:
                 self.write_inventory(inventory)
         except BaseException:
             with interrupts_held():
                 for vm in started:
                     vm.stop()
-                self._write_known_hosts()
+                self.write_known_hosts()
                 if packages:
                     packages.stop_if_unused()
             raise
@@ -241,7 +241,7 @@ class Lab:
         with interrupts_held():
             vm.stop()
             self._close_connection(vm)
-            self._write_known_hosts()
+            self.write_known_hosts()
         say(f"{name} is stopped; {self.command('start', name)} boots it again")
 
     def start(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT) -> None:
@@ -262,7 +262,7 @@ class Lab:
         except BaseException:
             with interrupts_held():
                 vm.stop()
-                self._write_known_hosts()
+                self.write_known_hosts()
                 if config.cache_port:
                     PackageCache().stop_if_unused()
             raise
@@ -298,7 +298,7 @@ class Lab:
             with interrupts_held():
                 vm.stop()
                 vm.discard_partial_kernel()
-                self._write_known_hosts()
+                self.write_known_hosts()
                 say(f"stopped {name}, as its reboot did not complete; {self.command('start', name)} boots it again")
             raise
         booted = self._output(vm, "uname", "-r")
@@ -351,7 +351,7 @@ class Lab:
         except BaseException:
             with interrupts_held():
                 vm.stop()
-                self._write_known_hosts()
+                self.write_known_hosts()
             raise
 
     def down(self) -> None:
@@ -385,7 +385,8 @@ class Lab:
         control = control_dir(self.dir, cache_dir() / "ssh")
         self.ssh_config.write_text(ssh_config_text(self.key, self.known_hosts, control))
 
-    def _write_known_hosts(self) -> None:
+    def write_known_hosts(self) -> None:
+        """Write known_hosts anew: the key each running machine announced on its console at boot."""
         keys = {}
         for vm in self.vms():
             key = vm.host_key() if vm.running() else None
@@ -442,7 +443,7 @@ class Lab:
                 f"free it, then run {self.command('start', vm.name)}"
             ) from err
         self._wait_for_ssh(vm, time.monotonic() + timeout)
-        self._write_known_hosts()
+        self.write_known_hosts()
 
     def _output(self, vm: Vm, *command: str) -> str:
         """The output of COMMAND run on VM over ssh; an error if it fails."""
@@ -503,7 +504,7 @@ class Lab:
             say(f"{vm.name} did not power off in {POWEROFF_TIMEOUT:g}s: stopping its qemu")
             vm.stop()
         self._close_connection(vm)
-        self._write_known_hosts()
+        self.write_known_hosts()
 
     def _close_connection(self, vm: Vm) -> None:
         """End the shared ssh connection to VM, if any (best effort): the next ssh connects anew."""
@@ -523,7 +524,7 @@ class Lab:
             if not vm.running():
                 raise LabError(f"{vm.name}: qemu exited during boot; last lines of {vm.console_log}:\n{vm.log_tail()}")
             if vm.host_key():
-                self._write_known_hosts()
+                self.write_known_hosts()
                 probe = subprocess.run(
                     self.ssh_command(vm, "true"),
                     stdin=subprocess.DEVNULL,
