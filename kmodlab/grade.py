@@ -157,6 +157,9 @@ def readable(message: str, text: str) -> str:
     message = message.strip() or (text.strip().splitlines() or [""])[-1]
     if TIMED_OUT in message:
         return f"no answer within the time limit ({message.split('(')[1].split(')')[0]})"
+    status = re.search(r"CommandResult\(.*?exit_status=(\d+)", message)
+    if status:  # testinfra could not run a command at all
+        return f"the command on the host ended with {status.group(1)}: the connection broke or the kernel killed it"
     message = re.sub(r"^(AssertionError|Failed|Skipped): ", "", message.strip())
     message = re.sub(r"\nassert .*", "", message, flags=re.DOTALL)
     return message[:600]
@@ -209,6 +212,14 @@ class Grader:
         if not hostvars:
             raise LabError(f"{self.inventory} has no hosts")
         self.names = sorted(hostvars)
+        if self.args.limit:
+            wanted = [name for name in self.args.limit.split(",") if name]
+            unknown = sorted(set(wanted) - set(self.names))
+            if unknown:
+                raise LabError(
+                    f"--limit: {', '.join(unknown)} not in {self.inventory} (it has {', '.join(self.names)})"
+                )
+            self.names = sorted(wanted)
         self.lab_machines = lab_machines(hostvars, self.lab)
         strangers = [name for name in self.names if name not in self.lab_machines]
         if strangers and not self.args.allow_any_inventory:
@@ -229,7 +240,16 @@ class Grader:
         releases_file = self.raw / "releases.json"
         releases_file.unlink(missing_ok=True)
         say(f"preparing {len(names)} host(s): build packages, kernel release")
-        result = self.playbook(["-e", "kmodlab_action=grade_prepare", "-e", f"kmodlab_grade_report={releases_file}"])
+        result = self.playbook(
+            [
+                "--limit",
+                ",".join(names),
+                "-e",
+                "kmodlab_action=grade_prepare",
+                "-e",
+                f"kmodlab_grade_report={releases_file}",
+            ]
+        )
         if result.returncode != 0 or not releases_file.is_file():
             (self.raw / "prepare.log").write_text(result.stdout + result.stderr)
             raise LabError(f"preparing the hosts failed; see {self.raw / 'prepare.log'}:\n{result.stdout[-2000:]}")
@@ -517,6 +537,7 @@ def add_grade_parser(sub) -> None:
     )
     grade.add_argument("submissions", type=Path, help="directory of submissions")
     grade.add_argument("--inventory", help=f"the fleet (default: {DEFAULT_INVENTORY}, the default lab's)")
+    grade.add_argument("--limit", metavar="HOST[,HOST...]", help="grade on these hosts of the inventory only")
     grade.add_argument("--out", default="grades", help="directory for the reports and raw logs (default: grades)")
     grade.add_argument("--rubric", type=Path, help="points per check, YAML (default: kmodlab/rubric.yml)")
     grade.add_argument(

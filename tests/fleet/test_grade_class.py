@@ -30,7 +30,18 @@ REFUSED = "mallory"
 
 
 @pytest.fixture(scope="session")
-def graded(request, tmp_path_factory):
+def graded_hosts(request) -> dict[str, str]:
+    """One host of each Debian release among the hosts under test (as the default lab has), with its kernel:
+    the rollout story leaves a Debian 12 host on a newer kernel, which CI's time does not grade on too."""
+    chosen: dict[str, tuple[str, str]] = {}
+    for h in hosts_under_test(request):
+        release = h.check_output(". /etc/os-release && echo $VERSION_ID")
+        chosen.setdefault(release, (h.backend.get_hostname(), h.check_output("uname -r")))
+    return dict(chosen.values())
+
+
+@pytest.fixture(scope="session")
+def graded(request, tmp_path_factory, graded_hosts):
     """The grader's run over the class: its result, grades.json and the output directory."""
     class_dir = tmp_path_factory.mktemp("class")
     make_class.reference(class_dir / "reference")
@@ -43,14 +54,15 @@ def graded(request, tmp_path_factory):
     command = [sys.executable, "-m", "kmodlab", "--lab", request.config.getoption("lab"), "grade", str(class_dir)]
     command += ["--inventory", str(request.config.getoption("ansible_inventory")), "--out", str(out)]
     command += ["--check-timeout", "60"]  # the slowest check takes seconds; a hung one should cost little
+    command += ["--limit", ",".join(sorted(graded_hosts))]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return {"result": result, "grades": json.loads((out / "grades.json").read_text()), "out": out}
 
 
-def test_every_kernel_of_the_fleet_grades_every_submission(request, graded):
+def test_every_kernel_of_the_fleet_grades_every_submission(graded, graded_hosts):
     """grades.json has each submission on each running kernel release of the hosts, and one progress line each."""
-    kernels = {h.check_output("uname -r") for h in hosts_under_test(request)}
+    kernels = set(graded_hosts.values())
     students = {"reference", REFUSED, *VARIANTS}
     assert {(row["student"], row["kernel"]) for row in graded["grades"]["summary"]} == {
         (student, kernel) for student in students for kernel in kernels
@@ -88,16 +100,15 @@ def test_each_check_ran_on_the_module_built_from_the_submission(graded):
 
 
 def test_a_host_whose_kernel_oopsed_is_restored_and_grades_on(graded):
-    """The unterminated buffer is a kernel BUG: the host is restored, and the next submission on it passes."""
-    oopsed = [
-        row
-        for row in graded["grades"]["checks"]
-        if row["student"] == "hello-no-nul-when-full" and row["check"] == "test_kernel_logged_no_oops_or_warning"
-    ]
-    assert oopsed and {row["verdict"] for row in oopsed} == {"fail"}
-    assert all("BUG" in row["reason"] or "buffer overflow" in row["reason"] for row in oopsed), oopsed
+    """The unterminated buffer is a kernel BUG, named by the kernel-log check; the host is restored, and the
+    next submission on it (the reference) passes."""
+    rows = [row for row in graded["grades"]["checks"] if row["student"] == "hello-no-nul-when-full"]
+    kernels = {row["kernel"] for row in rows}
+    logged = [row for row in rows if row["check"] == "test_kernel_logged_no_oops_or_warning"]
+    assert {row["verdict"] for row in logged} == {"fail"}, logged
+    assert all("BUG" in row["reason"] or "buffer overflow" in row["reason"] for row in logged), logged
     restored = [line for line in graded["result"].stderr.splitlines() if "restoring it" in line]
-    assert len(restored) >= len(oopsed), graded["result"].stderr[-3000:]
+    assert len(restored) >= len(kernels), graded["result"].stderr[-3000:]
 
 
 def test_the_reports_are_written(graded):

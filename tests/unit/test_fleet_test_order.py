@@ -74,9 +74,11 @@ def test_a_check_that_runs_out_of_time_fails_and_the_rest_on_its_host_are_not_ru
         "def test_a_hangs(host): time.sleep(30)\n"
         "def test_b_after(host): pass\n"
         "@pytest.mark.redeploy\ndef test_c_long(): time.sleep(2)\n"
+        "@pytest.mark.grading\ndef test_d_kernel_log(host): pass\n"
     )
-    out = run_in(tmp_path, tests, "--check-timeout=1", "--redeploy").stdout
+    out = run_in(tmp_path, tests, "--check-timeout=1", "--redeploy", "--grading").stdout
     assert "FAILED test_x.py::test_a_hangs" in out and "Timeout (>1.0s) from pytest-timeout" in out
     assert "not run: test_x.py::test_a_hangs ran out of time on h1, which may hang" in out
-    assert "1 failed, 1 passed, 1 skipped" in out
+    assert "1 failed, 2 passed, 1 skipped" in out
     assert "PASSED test_x.py::test_c_long" in out  # 2 s, over the checks' limit: not a check
+    assert "PASSED test_x.py::test_d_kernel_log" in out  # reading the kernel log still tells why

@@ -22,6 +22,7 @@ from kmodlab.grade import (
     junit_outcomes,
     parse_nodeid,
     part_names,
+    readable,
 )
 from kmodlab.lab import Lab
 from kmodlab.reports import Rubric, junit, load_rubric, markdown, scored, table
@@ -90,6 +91,13 @@ def test_junit_results_become_verdicts_with_readable_reasons(tmp_path):
     assert got[("my_timer", "test_proc_entry_is_gone[my_timer]")][0] == "error"
 
 
+def test_a_command_testinfra_could_not_run_is_said_plainly():
+    message = "RuntimeError: CommandResult(backend=<x>, exit_status=255, command=b'timeout -k 5 60 python3 -c ...')"
+    assert readable(message, "") == (
+        "the command on the host ended with 255: the connection broke or the kernel killed it"
+    )
+
+
 def test_a_compile_error_is_reported_by_its_first_errors():
     record = {
         "ok": False,
@@ -107,7 +115,7 @@ def test_a_compile_error_is_reported_by_its_first_errors():
 
 def grader(tmp_path, **options):
     args = argparse.Namespace(
-        inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), allow_any_inventory=False, **options
+        inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), allow_any_inventory=False, limit="", **options
     )
     g = Grader(args, Lab("unit", home=tmp_path / "labs"))
     g.catalogue = checks_of(NODEIDS, PARTS, "deb-12")
@@ -166,6 +174,13 @@ def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monke
     allowed.check_inventory()
     assert allowed.names == ["deb-12", "deb-13", "prod1"]
     assert allowed.lab_machines == {"deb-12"}  # only it is restored after a crash
+    limited = grader(tmp_path)
+    limited.args.limit = "deb-12"
+    limited.check_inventory()  # the strangers are not graded on, so not refused
+    assert limited.names == ["deb-12"]
+    limited.args.limit = "deb-12,deb-99"
+    with pytest.raises(LabError, match="--limit: deb-99 not in"):
+        limited.check_inventory()
 
 
 def test_rubric_points_reports_and_table(tmp_path):
