@@ -60,12 +60,12 @@ def apply_variant(variant: dict, copy_of) -> Path:
 
 
 def test_manifest_and_directories_match():
-    """corpus.yml names each directory of tests/corpus/ once, each holds only variant.patch; make_class.py is there."""
+    """corpus.yml names each directory of tests/corpus/ once, each holds only variant.patch; the scripts are beside."""
     names = [variant["name"] for variant in VARIANTS]
     assert len(names) == len(set(names)), "a variant is listed twice"
     entries = [path for path in CORPUS.iterdir() if not path.name.startswith(("_", "."))]
     assert sorted(names) == sorted(path.name for path in entries if path.is_dir())
-    assert sorted(path.name for path in entries if not path.is_dir()) == ["corpus.yml", "make_class.py"]
+    assert sorted(path.name for path in entries if not path.is_dir()) == ["corpus.yml", "make_class.py", "verdicts.py"]
     for name in names:
         assert [path.name for path in (CORPUS / name).iterdir()] == ["variant.patch"], name
 
