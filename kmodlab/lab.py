@@ -61,6 +61,13 @@ DEFAULT_SSH_TIMEOUT = 600.0
 INVENTORY_RECORD = "inventory-path"  # in the lab directory: where up wrote the inventory, for down
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace PATH's content at once: an ssh starting meanwhile reads the old file or the new, never half."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def labs_home() -> Path:
     return Path(os.environ.get("KMODLAB_HOME", REPO / ".lab"))
 
@@ -383,7 +390,7 @@ class Lab:
     def write_ssh_config(self) -> None:
         """Write the lab's ssh_config (it does not depend on which machines run)."""
         control = control_dir(self.dir, cache_dir() / "ssh")
-        self.ssh_config.write_text(ssh_config_text(self.key, self.known_hosts, control))
+        write_atomically(self.ssh_config, ssh_config_text(self.key, self.known_hosts, control))
 
     def write_known_hosts(self) -> None:
         """Write known_hosts anew: the key each running machine announced on its console at boot."""
@@ -392,7 +399,7 @@ class Lab:
             key = vm.host_key() if vm.running() else None
             if key:
                 keys[vm.config.port] = key
-        self.known_hosts.write_text(known_hosts_lines(keys))
+        write_atomically(self.known_hosts, known_hosts_lines(keys))
 
     def _start(
         self,

@@ -105,7 +105,8 @@ def markdown(rows: list[dict]) -> str:
     sums = totals(rows)
     lines = ["# Grades", "", "| submission | " + " | ".join(kernels) + " |", "|---|" + "---|" * len(kernels)]
     for student in students:
-        cells = [f"{sums[(student, k)][0]:g} / {sums[(student, k)][1]:g}" for k in kernels if (student, k) in sums]
+        scores = [sums.get((student, kernel)) for kernel in kernels]  # None: not graded there (yet)
+        cells = [f"{score[0]:g} / {score[1]:g}" if score else "" for score in scores]
         lines.append(f"| {student} | " + " | ".join(cells) + " |")
     for student in students:
         lines += ["", f"## {student}", "", "| kernel | part | check | verdict | reason |", "|---|---|---|---|---|"]

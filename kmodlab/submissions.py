@@ -19,6 +19,8 @@ from pathlib import Path, PurePosixPath
 from kmodlab import LabError
 
 ARCHIVES = (".tar.gz", ".tgz", ".zip")
+# What macOS adds to a zip it makes (resource forks): not part of the submission.
+MAC_METADATA = "__MACOSX/"
 # Limits on what one submission may hold (more is refused, as a mistake or an attack).
 MAX_FILES = 200
 MAX_BYTES = 20 * 1024 * 1024
@@ -68,14 +70,19 @@ class Stager:
     def directory(self, relative: PurePosixPath) -> None:
         (self.dest / relative).mkdir(parents=True, exist_ok=True)
 
-    def file(self, relative: PurePosixPath, data: bytes) -> None:
+    def count(self, size: int) -> None:
+        """Count a file of SIZE bytes before it is read; Refused past the limits."""
         self.files += 1
-        self.bytes += len(data)
+        self.bytes += size
         if self.files > MAX_FILES or self.bytes > MAX_BYTES:
             raise Refused(
                 f"{self.student}: more than {MAX_FILES} files or {MAX_BYTES // (1024 * 1024)} MiB; "
                 "a submission holds sources only"
             )
+
+    def file(self, relative: PurePosixPath, data: bytes) -> None:
+        if len(data) > MAX_BYTES:
+            raise Refused(f"{self.student}: {relative} is larger than it said or than {MAX_BYTES} bytes")
         target = self.dest / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
@@ -91,6 +98,9 @@ def stage_directory(source: Path, stager: Stager) -> None:
         if stat.S_ISDIR(mode):
             stager.directory(relative)
         elif stat.S_ISREG(mode):
+            if path.lstat().st_nlink > 1:
+                raise Refused(f"{stager.student}: {relative} is a hard link; a submission holds regular files only")
+            stager.count(path.lstat().st_size)
             stager.file(relative, path.read_bytes())
         else:
             raise Refused(f"{stager.student}: {relative} is a device, FIFO or socket; a submission holds regular files")
@@ -106,11 +116,14 @@ def stage_tar(archive: Path, stager: Stager) -> None:
                 if member.isdir():
                     stager.directory(relative)
                 elif member.isfile():
+                    stager.count(member.size)
                     handle = tar.extractfile(member)
-                    stager.file(relative, handle.read() if handle else b"")
+                    stager.file(relative, handle.read(MAX_BYTES + 1) if handle else b"")
                 else:
                     raise Refused(f"{stager.student}: {member.name} is a device or FIFO; a submission holds files only")
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except Refused:
+        raise
+    except Exception as err:  # noqa: BLE001 (zlib, EOF, tar errors: whatever a bad archive raises)
         raise Refused(f"{stager.student}: {archive.name} is not a readable .tar.gz: {err}") from err
 
 
@@ -118,6 +131,8 @@ def stage_zip(archive: Path, stager: Stager) -> None:
     try:
         with zipfile.ZipFile(archive) as zipped:
             for info in zipped.infolist():
+                if info.filename.startswith(MAC_METADATA):
+                    continue
                 relative = check_name(info.filename, stager.student)
                 kind = stat.S_IFMT(info.external_attr >> 16)
                 if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
@@ -125,8 +140,12 @@ def stage_zip(archive: Path, stager: Stager) -> None:
                 if info.is_dir():
                     stager.directory(relative)
                 else:
-                    stager.file(relative, zipped.read(info))
-    except (zipfile.BadZipFile, OSError) as err:
+                    stager.count(info.file_size)
+                    with zipped.open(info) as handle:
+                        stager.file(relative, handle.read(MAX_BYTES + 1))
+    except Refused:
+        raise
+    except Exception as err:  # noqa: BLE001 (bad zip, unsupported compression, encryption)
         raise Refused(f"{stager.student}: {archive.name} is not a readable .zip: {err}") from err
 
 
@@ -134,7 +153,7 @@ def parts_root(root: Path, parts: tuple[str, ...]) -> Path:
     """Where the parts are: ROOT, or its only directory when the parts sit one level down (a zipped folder)."""
     if any((root / part).is_dir() for part in parts):
         return root
-    entries = [path for path in root.iterdir() if not path.name.startswith(".")]
+    entries = [path for path in root.iterdir() if not path.name.startswith(".") and path.name != "__MACOSX"]
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return root
@@ -154,11 +173,11 @@ def stage(source: Path, staging: Path, parts: tuple[str, ...]) -> list[Submissio
         student = student_name(path)
         if student is None or path.name.startswith("."):
             continue
+        if student in seen:  # reported under the file's own name, so that the reports keep them apart
+            submissions.append(Submission(path.name, refused=f"{path.name}: {student} is given twice; grade one"))
+            continue
         submission = Submission(student)
         submissions.append(submission)
-        if student in seen:
-            submission.refused = f"{student}: given twice (a directory and an archive?)"
-            continue
         seen.add(student)
         if path.is_symlink():
             submission.refused = f"{student}: {path.name} is a symbolic link; give the submission itself"
@@ -172,7 +191,7 @@ def stage(source: Path, staging: Path, parts: tuple[str, ...]) -> list[Submissio
         stager = Stager(student, dest)
         dest.mkdir(parents=True)
         try:
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 stage_directory(path, stager)
             elif path.name.endswith(".zip"):
                 stage_zip(path, stager)

@@ -23,6 +23,7 @@ from kmodlab.grade import (
     parse_nodeid,
     part_names,
     readable,
+    use_our_part1_harness,
 )
 from kmodlab.lab import Lab
 from kmodlab.reports import Rubric, junit, load_rubric, markdown, scored, table
@@ -284,3 +285,26 @@ def test_a_load_failure_is_reported_with_the_kernel_log():
     reason = build_reason(record)
     assert reason.startswith("my_timer: on kernel 6.1, modprobe failed (exit 1)")
     assert reason.endswith("kernel log:\n[ 1.0] boot\n[ 9.1] my_timer: proc_create failed")
+
+
+def test_part_one_is_built_and_checked_with_our_harness(tmp_path):
+    """A student's own Makefile does not decide Part I; ours is used, without -Werror."""
+    (tmp_path / "syscalls").mkdir()
+    (tmp_path / "syscalls" / "Makefile").write_text("check:\n\ttrue\n")
+    use_our_part1_harness(tmp_path)
+    makefile = (tmp_path / "syscalls" / "Makefile").read_text()
+    assert "strace -o $@ ./part1" in makefile and "-Werror" not in makefile
+    assert (tmp_path / "syscalls" / "check-traces.sh").read_text().startswith("#!")
+
+
+def test_a_kernel_not_graded_yet_leaves_its_cell_blank():
+    """The reports are rewritten as the run goes: a score never lands under another kernel's column."""
+    rows = [
+        {"student": "a", "kernel": "6.1", "part": "hello", "check": BUILD, "verdict": "pass", "reason": "",
+         "seconds": 0, "points": 3, "max_points": 3},
+        {"student": "b", "kernel": "6.12", "part": "hello", "check": BUILD, "verdict": "pass", "reason": "",
+         "seconds": 0, "points": 3, "max_points": 3},
+    ]  # fmt: skip
+    page = markdown(rows)
+    assert "| a | 3 / 3 |  |" in page
+    assert "| b |  | 3 / 3 |" in page

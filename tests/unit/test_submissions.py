@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 from kmodlab import LabError
-from kmodlab.submissions import MAX_FILES, stage
+from kmodlab.submissions import MAX_BYTES, MAX_FILES, stage
 
 PARTS = ("my_timer", "hello", "syscalls")
 
@@ -123,3 +123,36 @@ def test_no_submission_at_all_is_an_error(tmp_path):
     write(tmp_path / "in" / "notes.txt")
     with pytest.raises(LabError, match="holds no submission"):
         stage(tmp_path / "in", tmp_path / "out", PARTS)
+
+
+def test_a_broken_archive_or_a_bomb_is_refused_and_the_run_goes_on(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "kate.tar.gz").write_bytes(b"\x1f\x8b\x08\x00" + bytes(20))  # gzip header, then junk
+    info = tarfile.TarInfo("hello/big.c")
+    info.size = MAX_BYTES + 1  # a few KiB compressed: refused by its size, before it is read
+    with tarfile.open(tmp_path / "in" / "liam.tar.gz", "w:gz") as tar:
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    write(tmp_path / "in" / "mona" / "hello" / "hello.c")
+    got = by_name(stage(tmp_path / "in", tmp_path / "out", PARTS))
+    assert "not a readable .tar.gz" in got["kate"].refused
+    assert "more than" in got["liam"].refused
+    assert got["mona"].parts == ["hello"]
+
+
+def test_a_macos_zip_a_hard_link_and_a_student_given_twice(tmp_path):
+    (tmp_path / "in").mkdir()
+    with zipfile.ZipFile(tmp_path / "in" / "nina.zip", "w") as zipped:
+        zipped.writestr("nina/hello/hello.c", "int x;\n")
+        zipped.writestr("__MACOSX/nina/hello/._hello.c", "junk")
+    write(tmp_path / "in" / "omar" / "hello" / "hello.c")
+    os.link(tmp_path / "in" / "omar" / "hello" / "hello.c", tmp_path / "in" / "omar" / "hello" / "again.c")
+    write(tmp_path / "in" / "nina" / "my_timer" / "my_timer.c")
+    got = by_name(stage(tmp_path / "in", tmp_path / "out", PARTS))
+    assert got["nina"].parts == ["my_timer"]  # the directory comes first
+    assert "nina is given twice" in got["nina.zip"].refused
+    assert "is a hard link" in got["omar"].refused
+    with zipfile.ZipFile(tmp_path / "in" / "nina.zip") as zipped:
+        assert "__MACOSX/nina/hello/._hello.c" in zipped.namelist()
+    (tmp_path / "in" / "nina").rename(tmp_path / "elsewhere")
+    got = by_name(stage(tmp_path / "in", tmp_path / "out2", PARTS))
+    assert got["nina"].parts == ["hello"]  # __MACOSX/ is left out, the one folder inside is the submission
