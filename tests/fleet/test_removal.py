@@ -7,6 +7,7 @@ conftest.py runs these tests after all others, whatever the file names.
 from __future__ import annotations
 
 import pytest
+from conftest import HUNG
 from fleet_helpers import BUILD_ROOT, MODULES, SYSCALLS_DEST, hosts_under_test, recap, run_playbook, warnings_in_dmesg
 
 pytestmark = pytest.mark.removal
@@ -35,13 +36,13 @@ def removal(request):
 
 
 @pytest.fixture
-def removed(removal, host):
-    """This host's part of the removal runs."""
-    return dict(
-        removal,
-        name=host.backend.get_hostname(),
-        warnings_before=removal["warnings_before"][host.backend.get_hostname()],
-    )
+def removed(request, host):
+    """This host's part of the removal runs (not run on a host where a check ran out of time: it may hang)."""
+    name = host.backend.get_hostname()
+    if name in HUNG:
+        pytest.skip(f"not run: {HUNG[name]} ran out of time on {name}, which may hang")
+    removal = request.getfixturevalue("removal")
+    return dict(removal, name=name, warnings_before=removal["warnings_before"][name])
 
 
 @pytest.mark.reference
