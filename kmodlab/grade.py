@@ -212,7 +212,7 @@ class Grader:
 
     def check_inventory(self) -> None:
         """Read the inventory's hosts; refuse (unless --allow-any-inventory) any host that is not this lab's."""
-        if not self.inventory.is_file():
+        if not self.inventory.exists():  # a file, or a directory of them (molecule's)
             raise LabError(f"no inventory {self.inventory}: start the lab (python -m kmodlab up) or give --inventory")
         listing = self.run([self.bin / "ansible-inventory", "-i", self.inventory, "--list"], timeout=120)
         if listing.returncode != 0:

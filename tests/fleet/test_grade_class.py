@@ -53,7 +53,7 @@ def graded(request, tmp_path_factory, graded_hosts):
     out = tmp_path_factory.mktemp("grades")
     command = [sys.executable, "-m", "kmodlab", "--lab", request.config.getoption("lab"), "grade", str(class_dir)]
     command += ["--inventory", str(request.config.getoption("ansible_inventory")), "--out", str(out)]
-    command += ["--check-timeout", "60"]  # the slowest check takes seconds; a hung one should cost little
+    command += ["--check-timeout", "30"]  # the slowest check takes seconds; a hung one should cost little
     command += ["--limit", ",".join(sorted(graded_hosts))]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]

@@ -179,6 +179,11 @@ def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monke
     limited.args.limit = "deb-12"
     limited.check_inventory()  # the strangers are not graded on, so not refused
     assert limited.names == ["deb-12"]
+    (tmp_path / "inv.yml").rename(tmp_path / "hosts.yml")
+    (tmp_path / "inv.yml").mkdir()  # a directory of inventory files, as molecule writes it
+    (tmp_path / "hosts.yml").rename(tmp_path / "inv.yml" / "hosts.yml")
+    limited.check_inventory()
+    assert limited.names == ["deb-12"]
     limited.args.limit = "deb-12,deb-99"
     with pytest.raises(LabError, match="--limit: deb-99 not in"):
         limited.check_inventory()
