@@ -3,7 +3,11 @@
 # module only) on a lab, then print whether each verdict is the one the corpus expects, and the
 # seconds per submission per kernel. Usage (a lab must be up, e.g. python -m kmodlab up):
 #   bench/grade_corpus.sh [--lab NAME] [--inventory FILE] [--out DIR] [--runs N]
-# --runs N grades it N times and checks that every run gives the same verdicts.
+# --runs N grades it N times. The runs are numbered on from those already in --out (run1, run2, ...),
+# so runs on labs of different sizes add up; when --out holds more than one run, the verdicts of all
+# of them are compared: the script fails if any differs. Each run prints the seconds per submission
+# per kernel, its wall time and the number of hosts it graded on (2 -> 4 machines: run it again on a
+# lab with two machines per kernel, same --out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -20,10 +24,13 @@ done
 class=$(mktemp -d)
 trap 'rm -rf "$class"' EXIT
 python tests/corpus/make_class.py "$class" --alone
-for run in $(seq "$runs"); do
+first=1
+while [ -e "$out/run$first" ]; do first=$((first + 1)); done
+hosts=$(ansible-inventory -i "$inventory" --list | python -c 'import json, sys; print(len(json.load(sys.stdin)["_meta"]["hostvars"]))')
+for run in $(seq "$first" $((first + runs - 1))); do
 	start=$(date +%s)
 	python -m kmodlab --lab "$lab" grade "$class" --inventory "$inventory" --out "$out/run$run"
-	echo "run $run: $(($(date +%s) - start)) s for $(ls "$class" | wc -l) submissions"
+	echo "run $run: $(($(date +%s) - start)) s for $(ls "$class" | wc -l) submissions on $hosts hosts"
 	(cd tests/corpus && python verdicts.py "../../$out/run$run/grades.json") || status=1
 	python - "$out/run$run/grades.json" <<'PY'
 import json, sys
@@ -36,14 +43,17 @@ for kernel, seconds in sorted(by_kernel.items()):
     print(f"{kernel}: {sum(seconds) / len(seconds):.0f} s per submission (min {min(seconds):.0f}, max {max(seconds):.0f})")
 PY
 done
-if [ "$runs" -gt 1 ]; then
-	python - "$out" "$runs" <<'PY'
+if [ -e "$out/run2" ]; then
+	python - "$out" <<'PY'
 import json, sys
-out, runs = sys.argv[1], int(sys.argv[2])
+from pathlib import Path
+out = Path(sys.argv[1])
+runs = sorted((p for p in out.glob("run*") if (p / "grades.json").is_file()), key=lambda p: int(p.name[3:]))
 verdicts = [
-    {(r["student"], r["kernel"], r["part"], r["check"]): r["verdict"] for r in json.load(open(f"{out}/run{i}/grades.json"))["checks"]}
-    for i in range(1, runs + 1)
+    {(r["student"], r["kernel"], r["part"], r["check"]): r["verdict"] for r in json.load(open(p / "grades.json"))["checks"]}
+    for p in runs
 ]
+runs = len(runs)
 differ = sorted(k for k in verdicts[0] if len({v.get(k) for v in verdicts}) > 1)
 print(f"{len(verdicts[0])} verdicts per run; {len(differ)} differ between the {runs} runs")
 for key in differ:

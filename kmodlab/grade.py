@@ -181,7 +181,8 @@ def build_reason(record: dict) -> str:
     if "kbuild failed" in message and errors:
         return "does not compile:\n" + "\n".join(errors[:5])
     if "took longer than" in message:
-        return re.sub(r"^.*?((?:kbuild|modprobe|rmmod)\S* took longer than .*?stopped).*$", r"\1", message, flags=re.S)
+        step = r"^.*?((?:kbuild|modprobe|insmod|rmmod)\S* took longer than .*?stopped).*$"
+        return re.sub(step, r"\1", message, flags=re.S)
     reason = message.replace("rolled back: ", "")[:600]
     if record.get("dmesg") and "kbuild" not in message:
         reason += "\nkernel log:\n" + "\n".join(record["dmesg"][-5:])
@@ -232,8 +233,10 @@ class Grader:
         self.lab_machines = lab_machines(hostvars, self.lab)
         strangers = [name for name in self.names if name not in self.lab_machines]
         if strangers and not self.args.allow_any_inventory:
+            whys = {name: reached_elsewhere(hostvars[name], self.lab.ssh_config) for name in strangers}
+            named = [f"{name} ({whys[name]})" if whys[name] else name for name in strangers]
             raise LabError(
-                f"{', '.join(strangers)} of {self.inventory} is not a running machine of lab {self.lab.name}: "
+                f"{', '.join(named)} of {self.inventory} is not a running machine of lab {self.lab.name}: "
                 "submissions are untrusted code run as root, so the grader works on lab machines only. "
                 "--allow-any-inventory grades on any fleet (its hosts are then not restored after a crash)"
             )
@@ -518,15 +521,46 @@ class Grader:
             return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:.0f}s: {shlex.join(argv)}")
 
 
+# Connection settings under which a host is reached the lab's way: plain ssh to the machine's port.
+SSH_CONNECTIONS = {"ssh", "ansible.builtin.ssh", "smart"}
+SSH_OPTION_VARIABLES = ("ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_ssh_args")
+# ssh options that send the connection somewhere else than the address and port the inventory names.
+REDIRECTING = re.compile(r"^-o\s*(proxycommand|proxyjump|hostname|port)\b|^-[JWp]", re.IGNORECASE)
+
+
+def reached_elsewhere(variables: dict, ssh_config: Path) -> str:
+    """Why a host with these inventory VARIABLES would not be reached by ssh at its address and port, or ''."""
+    connection = str(variables.get("ansible_connection", "ssh"))
+    if connection not in SSH_CONNECTIONS:
+        return f"ansible_connection is {connection}"
+    executable = str(variables.get("ansible_ssh_executable", "ssh"))
+    if executable not in ("ssh", "/usr/bin/ssh"):
+        return f"ansible_ssh_executable is {executable}"
+    words = []
+    for name in SSH_OPTION_VARIABLES:
+        words += shlex.split(str(variables.get(name) or ""))
+    for index, word in enumerate(words):
+        option = f"{word} {words[index + 1]}" if word == "-o" and index + 1 < len(words) else word
+        if REDIRECTING.search(option):
+            return f"its ssh options hold {option}"
+        if word.startswith("-F"):
+            config = word[2:] or (words[index + 1] if index + 1 < len(words) else "")
+            if Path(config).resolve() != ssh_config.resolve():
+                return f"its ssh options read {config or 'a file'} (not the lab's ssh_config)"
+    return ""
+
+
 def lab_machines(hostvars: dict[str, dict], lab: Lab) -> set[str]:
-    """The inventory's hosts that are running machines of LAB: same name, reached on the machine's own port."""
+    """The inventory's hosts that are running machines of LAB: same name, reached by plain ssh (no proxy, no
+    other connection plugin, only the lab's own ssh_config) on the machine's own port of this controller."""
     ports = {vm.name: vm.config.port for vm in lab.vms() if vm.running()}
     return {
         name
         for name, variables in hostvars.items()
         if name in ports
-        and str(variables.get("ansible_host", name)) in (ADDRESS, "localhost")
-        and str(variables.get("ansible_port", "")) == str(ports[name])
+        and str(variables.get("ansible_host", variables.get("ansible_ssh_host", name))) in (ADDRESS, "localhost")
+        and str(variables.get("ansible_port", variables.get("ansible_ssh_port", ""))) == str(ports[name])
+        and not reached_elsewhere(variables, lab.ssh_config)
     }
 
 
@@ -558,7 +592,7 @@ def add_grade_parser(sub) -> None:
         help="grade on an inventory that is not the lab's (untrusted code runs there as root)",
     )
     grade.add_argument("--build-timeout", type=int, default=120, help="seconds one module's build may take")
-    grade.add_argument("--load-timeout", type=int, default=30, help="seconds one modprobe or rmmod may take")
+    grade.add_argument("--load-timeout", type=int, default=30, help="seconds one insmod or rmmod may take")
     grade.add_argument("--check-timeout", type=int, default=DEFAULT_CHECK_TIMEOUT, help="seconds one check may take")
 
 

@@ -11,7 +11,9 @@ remove.yml and check that nothing is left; with --grade-class, test_grade_class.
 with the grader (on a lab, --lab). molecule passes all of them.
 
 With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
-of this repository's modules that the assignment leaves open, are left out, and those marked `grading`
+of this repository's modules that the assignment leaves open, and those marked `installed`, which check
+what deploy.yml does beyond loading (the grader loads a build as it is, without installing it), are
+left out, and those marked `grading`
 (which need the kernel log cleared before the deploy) run after the others. Every check has a time limit
 (pytest-timeout; --check-timeout, FLEET_TIMEOUT by default); after a test runs out of time on a host,
 the tests still to come on that host are skipped with the reason, as the host may hang (but the
@@ -26,6 +28,8 @@ import pytest
 
 # Opt-in markers, in the order their tests run after the others.
 OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
+# Markers of the tests --grading leaves out: they judge our own choices or our deploy, not a submission.
+NOT_GRADED = ("reference", "installed")
 # Seconds a check may take (the tests that are not opt-in, and the `grading` ones) unless it says
 # otherwise (pytest.mark.timeout) or --check-timeout / pytest-timeout's --timeout is given; a removal
 # test, whose first one runs remove.yml, REMOVAL_TIMEOUT. The tests that run playbooks or the grader
@@ -78,7 +82,7 @@ def pytest_collection_modifyitems(config, items):
     kept = [
         item
         for item in items
-        if opt_in_marker(item) in chosen | {None} and not (grading and item.get_closest_marker("reference"))
+        if opt_in_marker(item) in chosen | {None} and not (grading and any(map(item.get_closest_marker, NOT_GRADED)))
     ]
     deselected = [item for item in items if item not in kept]
     kept.sort(key=lambda item: 0 if opt_in_marker(item) is None else 1 + OPT_IN.index(opt_in_marker(item)))
@@ -118,6 +122,7 @@ def pytest_runtest_makereport(item, call):
 def pytest_configure(config):
     config.addinivalue_line("markers", "grading: judges what the grader prepared (kernel log cleared); --grading")
     config.addinivalue_line("markers", "reference: pins a choice of this repository's modules; left out by --grading")
+    config.addinivalue_line("markers", "installed: checks deploy.yml's install (depmod); left out by --grading")
     config.addinivalue_line("markers", "redeploy: runs deploy.yml itself; selected by --redeploy")
     config.addinivalue_line("markers", "rollout: bad releases, stops, reboots, a kernel upgrade; selected by --rollout")
     config.addinivalue_line("markers", "removal: runs remove.yml; selected by --removal")

@@ -50,17 +50,19 @@ def run_in(tmp_path: Path, tests: str, *options: str) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
-def test_grading_leaves_out_the_tests_pinning_the_reference_and_adds_its_own(tmp_path):
+def test_grading_leaves_out_the_tests_pinning_the_reference_or_the_install_and_adds_its_own(tmp_path):
     tests = (
         "import pytest\n"
         "@pytest.mark.reference\ndef test_pinned(): pass\n"
+        "@pytest.mark.installed\ndef test_depmod(): pass\n"
         "@pytest.mark.grading\ndef test_log(): pass\n"
         "def test_check(): pass\n"
     )
     plain = run_in(tmp_path, tests).stdout
-    assert "PASSED test_x.py::test_pinned" in plain and "test_log" not in plain
+    assert "PASSED test_x.py::test_pinned" in plain and "PASSED test_x.py::test_depmod" in plain
+    assert "test_log" not in plain
     graded = run_in(tmp_path, tests, "--grading").stdout
-    assert "test_pinned" not in graded
+    assert "test_pinned" not in graded and "test_depmod" not in graded
     assert graded.index("PASSED test_x.py::test_check") < graded.index("PASSED test_x.py::test_log")
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
 
 import pytest
+import yaml
 
 from kmodlab import LabError
 from kmodlab.grade import (
@@ -20,6 +22,7 @@ from kmodlab.grade import (
     build_reason,
     checks_of,
     junit_outcomes,
+    lab_machines,
     parse_nodeid,
     part_names,
     readable,
@@ -187,6 +190,32 @@ def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monke
     limited.args.limit = "deb-12,deb-99"
     with pytest.raises(LabError, match="--limit: deb-99 not in"):
         limited.check_inventory()
+
+
+@pytest.mark.parametrize(
+    "variables, why",
+    [
+        ({"ansible_connection": "local"}, "ansible_connection is local"),
+        ({"ansible_connection": "community.docker.docker"}, "ansible_connection is community.docker.docker"),
+        ({"ansible_ssh_common_args": "-o ProxyCommand='ssh -W %h:%p bastion'"}, "ProxyCommand"),
+        ({"ansible_ssh_extra_args": "-oProxyJump=bastion"}, "ProxyJump"),
+        ({"ansible_ssh_extra_args": "-J bastion"}, "-J"),
+        ({"ansible_ssh_args": "-o HostName=10.1.2.3"}, "HostName"),
+        ({"ansible_ssh_common_args": "-F /elsewhere/ssh_config"}, "/elsewhere/ssh_config"),
+        ({"ansible_ssh_executable": "/usr/local/bin/sshwrap"}, "sshwrap"),
+    ],
+)
+def test_a_lab_port_reached_another_way_is_not_a_lab_machine(tmp_path, monkeypatch, variables, why):
+    """Name, address and port are not enough: a connection plugin, a proxy or another ssh_config could
+    send the untrusted submission to a machine that is not the lab's."""
+    lab = Lab("unit", home=tmp_path / "labs")
+    monkeypatch.setattr(Lab, "vms", lambda self: [FakeVm("deb-12", 2222)])
+    own = {"ansible_host": "127.0.0.1", "ansible_port": 2222, "ansible_ssh_common_args": f"-F {lab.ssh_config}"}
+    assert lab_machines({"deb-12": own}, lab) == {"deb-12"}
+    assert lab_machines({"deb-12": dict(own, **variables)}, lab) == set()
+    (tmp_path / "inv.yml").write_text(yaml.safe_dump({"all": {"hosts": {"deb-12": dict(own, **variables)}}}))
+    with pytest.raises(LabError, match=re.escape(why)):
+        grader(tmp_path).check_inventory()
 
 
 def test_rubric_points_reports_and_table(tmp_path):

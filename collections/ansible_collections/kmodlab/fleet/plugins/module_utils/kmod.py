@@ -40,6 +40,7 @@ class Observed(object):
         loaded=False,
         loaded_srcversion="",
         installed_srcversion="",
+        built_srcversion="",
         refcnt="0",
         holders=(),
         build_dir_exists=False,
@@ -59,6 +60,7 @@ class Observed(object):
         # Which build is loaded and which is installed (build-id, or srcversion where there is none).
         self.loaded_srcversion = loaded_srcversion
         self.installed_srcversion = installed_srcversion
+        self.built_srcversion = built_srcversion  # of the .ko in build_dir: what insmod loads without install
         self.refcnt = refcnt
         self.holders = tuple(holders)
         self.build_dir_exists = build_dir_exists
@@ -82,13 +84,14 @@ def refuse_if_busy(name, observed):
         )
 
 
-def plan_present(name, observed, persist=True, prebuilt=None):
+def plan_present(name, observed, persist=True, prebuilt=None, install=True):
     """The steps that bring NAME to built, installed, indexed and loaded from the current sources.
 
     PREBUILT is the sha256 of a build of these sources made by another host of the same kernel
     release: it is received instead of built here (None: build here). The installed module is kept
     before it is replaced, so that a release that fails to load or to pass its check can be rolled
-    back to it.
+    back to it. Without INSTALL the build is loaded as it is (insmod of the .ko in build_dir): nothing
+    is installed, indexed or kept, and nothing loads at boot.
     """
     steps = []
     if not observed.sources_current:
@@ -99,22 +102,27 @@ def plan_present(name, observed, persist=True, prebuilt=None):
             steps.append(RECEIVE)
     elif outdated or observed.built is None:
         steps.append(BUILD)
-    if BUILD in steps or RECEIVE in steps or observed.built != observed.installed:
-        if observed.installed is not None and observed.kept != observed.installed:
-            steps.append(KEEP)
-        steps.append(INSTALL)
-    elif not observed.in_depmod:
-        steps.append(DEPMOD)
+    new_build = BUILD in steps or RECEIVE in steps
+    if install:
+        if new_build or observed.built != observed.installed:
+            if observed.installed is not None and observed.kept != observed.installed:
+                steps.append(KEEP)
+            steps.append(INSTALL)
+        elif not observed.in_depmod:
+            steps.append(DEPMOD)
     if observed.loaded:
-        stale = INSTALL in steps or observed.loaded_srcversion != observed.installed_srcversion
+        if install:
+            stale = INSTALL in steps or observed.loaded_srcversion != observed.installed_srcversion
+        else:
+            stale = new_build or observed.loaded_srcversion != observed.built_srcversion
         if stale:
             refuse_if_busy(name, observed)
             steps.append(UNLOAD)
     if UNLOAD in steps or not observed.loaded:
         steps.append(LOAD)
-    if persist and not observed.persisted:
+    if persist and install and not observed.persisted:
         steps.append(PERSIST)
-    elif not persist and observed.autoload_exists:
+    elif not (persist and install) and observed.autoload_exists:
         steps.append(UNPERSIST)
     return steps
 

@@ -183,8 +183,9 @@ class StepFailed(Exception):
 class ModuleOnHost(object):
     """Module NAME built in BUILD_DIR on this host, for the running kernel."""
 
-    def __init__(self, module, name, build_dir, limits=None):
+    def __init__(self, module, name, build_dir, limits=None, install=True):
         self.module = module
+        self.install_build = install  # False: the build is loaded from build_dir (insmod), never installed
         self.name = name
         self.build_dir = build_dir
         self.kernel = os.uname().release
@@ -288,6 +289,8 @@ class ModuleOnHost(object):
             observed.in_depmod = observed.installed is None or self.in_depmod()
             if loaded and observed.installed is not None:
                 observed.installed_srcversion = self.file_identity(self.installed)
+            if loaded and observed.built is not None and not self.install_build:
+                observed.built_srcversion = self.file_identity(self.built)
         return observed
 
     def last_rollback(self):
@@ -369,7 +372,10 @@ class ModuleOnHost(object):
         self.run(["rmmod", self.name], "rmmod", self.limits["load"])
 
     def load(self):
-        self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+        if self.install_build:
+            self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+        else:
+            self.run(["insmod", self.built], "insmod", self.limits["load"])
 
     def persist(self):
         write_file(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)

@@ -62,6 +62,15 @@ options:
     description: Load the module at boot (and build it for a newly booted kernel).
     type: bool
     default: true
+  install:
+    description:
+      - Install the build under C(/lib/modules/<release>/updates/), run depmod and load it with modprobe.
+      - With C(false) the build is loaded as it is, with insmod from O(build_dir); nothing is installed,
+        indexed, kept for rollback or loaded at boot (O(persist) is then taken as C(false)). For a module
+        that is loaded, checked and taken off again, such as a submission being graded - depmod costs
+        seconds per call under emulation.
+    type: bool
+    default: true
   build_timeout:
     description: Seconds the build may take.
     type: int
@@ -179,7 +188,7 @@ class KernelModule(object):
         params = module.params
         self.name = params["name"]
         limits = {"build": params["build_timeout"], "load": params["load_timeout"], "check": params["check_timeout"]}
-        self.host = ModuleOnHost(module, self.name, params["build_dir"], limits)
+        self.host = ModuleOnHost(module, self.name, params["build_dir"], limits, params["install"])
         self.result = {"changed": False, "kernel": self.host.kernel, "installed": self.host.installed, "actions": []}
         self.files = None
         self.prebuilt = None  # the received build's bytes
@@ -238,7 +247,7 @@ class KernelModule(object):
             if not (replaced or BUILD in plan or RECEIVE in plan):
                 self.fail(str(err))
             self.roll_back("on kernel %s, %s" % (self.host.kernel, err), replaced)
-        if plan:
+        if plan and self.module.params["install"]:
             try:
                 self.host.save_good_sources(self.files)  # what the boot service builds for a new kernel
             except OSError as err:
@@ -256,7 +265,7 @@ class KernelModule(object):
                 refuse_symlinks(params["build_dir"])
             observed = self.host.observe(self.files)
             if present:
-                plan = plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt))
+                plan = plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt), params["install"])
             else:
                 plan = plan_absent(self.name, observed)
         except (SourceError, Refusal, StepFailed) as err:
@@ -290,6 +299,7 @@ def main():
             "build_dir": {"type": "path", "required": True},
             "proc_entry": {"type": "path"},
             "persist": {"type": "bool", "default": True},
+            "install": {"type": "bool", "default": True},
             "build_timeout": {"type": "int", "default": 600},
             "load_timeout": {"type": "int", "default": 60},
             "check_timeout": {"type": "int", "default": 10},

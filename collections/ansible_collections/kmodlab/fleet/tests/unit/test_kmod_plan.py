@@ -149,3 +149,24 @@ def test_a_build_for_another_kernel_is_received_again():
     """The same bytes, but recorded as built for another kernel: received again, so its vermagic is checked."""
     host = deployed(built_for="6.1.0-49-amd64", installed=None, loaded=False, installed_srcversion="", kept=None)
     assert plan_present("m", host, prebuilt="sha-a") == [RECEIVE, INSTALL, LOAD]
+
+
+def test_without_install_the_build_is_loaded_as_it_is():
+    """install=false (the grader): build and load; nothing installed, indexed, kept or loaded at boot."""
+    fresh = Observed(kernel=K, sources_current=False)
+    assert plan_present("m", fresh, install=False) == [WRITE, BUILD, LOAD]
+    assert plan_present("m", fresh, persist=True, install=False) == [WRITE, BUILD, LOAD]
+
+
+def test_without_install_a_new_build_or_another_loaded_build_is_reloaded():
+    loaded = {"installed": None, "kept": None, "persisted": False, "built_srcversion": "SRC-A"}
+    assert plan_present("m", deployed(**loaded), install=False) == []
+    assert plan_present("m", deployed(sources_current=False, **loaded), install=False) == [WRITE, BUILD, UNLOAD, LOAD]
+    # Another build of the module is loaded (a deployed one, say): the build in build_dir takes its place.
+    assert plan_present("m", deployed(**dict(loaded, built_srcversion="SRC-B")), install=False) == [UNLOAD, LOAD]
+    with pytest.raises(Refusal):
+        plan_present("m", deployed(sources_current=False, refcnt="1", **loaded), install=False)
+
+
+def test_without_install_a_boot_entry_is_taken_away():
+    assert plan_present("m", deployed(built_srcversion="SRC-A"), install=False) == [UNPERSIST]

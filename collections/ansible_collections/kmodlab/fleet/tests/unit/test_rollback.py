@@ -27,7 +27,7 @@ class FakeAnsibleModule:
 
     def __init__(self):
         self.params = {"name": "m", "build_dir": "/nonexistent", "proc_entry": "/proc/m", "persist": True,
-                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1}  # fmt: skip
+                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1, "install": True}  # fmt: skip
 
     def fail_json(self, **result):
         raise Exit(True, result)
