@@ -230,11 +230,11 @@ class Grader:
                     f"--limit: {', '.join(unknown)} not in {self.inventory} (it has {', '.join(self.names)})"
                 )
             self.names = sorted(wanted)
-        self.lab_machines = lab_machines(hostvars, self.lab)
+        whys = lab_machines(hostvars, self.lab)
+        self.lab_machines = {name for name, why in whys.items() if not why}
         strangers = [name for name in self.names if name not in self.lab_machines]
         if strangers and not self.args.allow_any_inventory:
-            whys = {name: reached_elsewhere(hostvars[name], self.lab.ssh_config) for name in strangers}
-            named = [f"{name} ({whys[name]})" if whys[name] else name for name in strangers]
+            named = [f"{name} ({whys[name]})" for name in strangers]
             raise LabError(
                 f"{', '.join(named)} of {self.inventory} is not a running machine of lab {self.lab.name}: "
                 "submissions are untrusted code run as root, so the grader works on lab machines only. "
@@ -521,47 +521,49 @@ class Grader:
             return subprocess.CompletedProcess(argv, 124, out, f"timed out after {timeout:.0f}s: {shlex.join(argv)}")
 
 
-# Connection settings under which a host is reached the lab's way: plain ssh to the machine's port.
-SSH_CONNECTIONS = {"ssh", "ansible.builtin.ssh", "smart"}
-SSH_OPTION_VARIABLES = ("ansible_ssh_common_args", "ansible_ssh_extra_args", "ansible_ssh_args")
-# ssh options that send the connection somewhere else than the address and port the inventory names.
-REDIRECTING = re.compile(r"^-o\s*(proxycommand|proxyjump|hostname|port)\b|^-[JWp]", re.IGNORECASE)
+# A lab machine is reached the lab's way only: plain ssh to 127.0.0.1 on the machine's port, with the
+# lab's own ssh_config and no other ssh option (an allow-list: a proxy, a shared control socket or
+# another ssh_config could send an untrusted submission to a machine that is not the lab's).
+SSH_CONNECTIONS = {"ssh", "ansible.builtin.ssh", "ansible.legacy.ssh", "smart"}
+ADDRESS_VARIABLES = ("ansible_host", "ansible_ssh_host")
+PORT_VARIABLES = ("ansible_port", "ansible_ssh_port")
+EMPTY_SSH_VARIABLES = ("ansible_ssh_extra_args", "ansible_ssh_args")
+# Variables that change how ssh, scp or sftp are run or which connection they reuse.
+FOREIGN_VARIABLES = re.compile(r"^ansible_(sftp_|scp_|ssh_executable|control_path|ssh_common_args_)")
 
 
-def reached_elsewhere(variables: dict, ssh_config: Path) -> str:
-    """Why a host with these inventory VARIABLES would not be reached by ssh at its address and port, or ''."""
+def not_the_lab_way(name: str, variables: dict, port: int | None, ssh_config: Path) -> str:
+    """Why host NAME, with these inventory VARIABLES, is not reached as the lab machine on PORT, or ''."""
+    if port is None:
+        return "not a running machine of the lab"
     connection = str(variables.get("ansible_connection", "ssh"))
     if connection not in SSH_CONNECTIONS:
         return f"ansible_connection is {connection}"
-    executable = str(variables.get("ansible_ssh_executable", "ssh"))
-    if executable not in ("ssh", "/usr/bin/ssh"):
-        return f"ansible_ssh_executable is {executable}"
-    words = []
-    for name in SSH_OPTION_VARIABLES:
-        words += shlex.split(str(variables.get(name) or ""))
-    for index, word in enumerate(words):
-        option = f"{word} {words[index + 1]}" if word == "-o" and index + 1 < len(words) else word
-        if REDIRECTING.search(option):
-            return f"its ssh options hold {option}"
-        if word.startswith("-F"):
-            config = word[2:] or (words[index + 1] if index + 1 < len(words) else "")
-            if Path(config).resolve() != ssh_config.resolve():
-                return f"its ssh options read {config or 'a file'} (not the lab's ssh_config)"
+    addresses = [str(variables[key]) for key in ADDRESS_VARIABLES if key in variables] or [name]
+    strange = [address for address in addresses if address not in (ADDRESS, "localhost")]
+    if strange:
+        return f"its address is {strange[0]}, not {ADDRESS}"
+    ports = [str(variables[key]) for key in PORT_VARIABLES if key in variables] or ["22"]
+    if any(other != str(port) for other in ports):
+        return f"its port is {', '.join(ports)}, not the machine's {port}"
+    foreign = sorted(key for key in variables if FOREIGN_VARIABLES.match(key))
+    if foreign:
+        return f"it sets {', '.join(foreign)}"
+    extra = [key for key in EMPTY_SSH_VARIABLES if str(variables.get(key) or "").strip()]
+    if extra:
+        return f"it sets {extra[0]}: {variables[extra[0]]}"
+    words = shlex.split(str(variables.get("ansible_ssh_common_args") or ""))
+    if len(words) != 2 or words[0] != "-F" or Path(words[1]).resolve() != ssh_config.resolve():
+        return f"its ssh options are '{shlex.join(words)}', not -F {ssh_config} alone"
     return ""
 
 
-def lab_machines(hostvars: dict[str, dict], lab: Lab) -> set[str]:
-    """The inventory's hosts that are running machines of LAB: same name, reached by plain ssh (no proxy, no
-    other connection plugin, only the lab's own ssh_config) on the machine's own port of this controller."""
+def lab_machines(hostvars: dict[str, dict], lab: Lab) -> dict[str, str]:
+    """Each of the inventory's hosts, and why it is not a running machine of LAB reached the lab's way
+    ('' when it is): same name; plain ssh to this controller on the machine's own port, with the lab's
+    ssh_config only (as the lab's and molecule's inventories say)."""
     ports = {vm.name: vm.config.port for vm in lab.vms() if vm.running()}
-    return {
-        name
-        for name, variables in hostvars.items()
-        if name in ports
-        and str(variables.get("ansible_host", variables.get("ansible_ssh_host", name))) in (ADDRESS, "localhost")
-        and str(variables.get("ansible_port", variables.get("ansible_ssh_port", ""))) == str(ports[name])
-        and not reached_elsewhere(variables, lab.ssh_config)
-    }
+    return {name: not_the_lab_way(name, v, ports.get(name), lab.ssh_config) for name, v in hostvars.items()}
 
 
 # Checks of test_removal.py: one that fails means the host was not left clean.

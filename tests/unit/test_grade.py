@@ -30,6 +30,7 @@ from kmodlab.grade import (
 )
 from kmodlab.lab import Lab
 from kmodlab.reports import Rubric, junit, load_rubric, markdown, scored, table
+from kmodlab.ssh import inventory_data
 from kmodlab.submissions import Submission
 
 PARTS = part_names()
@@ -163,15 +164,17 @@ class FakeVm:
 
 
 def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monkeypatch):
+    ssh = f"ansible_ssh_common_args: -F {Lab('unit', home=tmp_path / 'labs').ssh_config}"
     (tmp_path / "inv.yml").write_text(
         "all:\n  hosts:\n"
-        "    deb-12: {ansible_host: 127.0.0.1, ansible_port: 2222}\n"
-        "    deb-13: {ansible_host: 127.0.0.1, ansible_port: 2299}\n"  # not the port of the lab's deb-13
+        f"    deb-12: {{ansible_host: 127.0.0.1, ansible_port: 2222, {ssh}}}\n"
+        f"    deb-13: {{ansible_host: 127.0.0.1, ansible_port: 2299, {ssh}}}\n"  # not the port of the lab's deb-13
         "    prod1: {ansible_host: 10.1.2.3, ansible_port: 22}\n"
     )
     monkeypatch.setattr(Lab, "vms", lambda self: [FakeVm("deb-12", 2222), FakeVm("deb-13", 2223)])
     g = grader(tmp_path)
-    with pytest.raises(LabError, match="deb-13, prod1 of .* is not a running machine of lab unit"):
+    refused = r"deb-13 \(its port is 2299, not the machine's 2223\), prod1 \(not a running machine of the lab\) of "
+    with pytest.raises(LabError, match=refused + ".* is not a running machine of lab unit"):
         g.check_inventory()
     allowed = grader(tmp_path)
     allowed.args.allow_any_inventory = True
@@ -197,25 +200,53 @@ def test_only_the_labs_own_machines_are_graded_on_unless_allowed(tmp_path, monke
     [
         ({"ansible_connection": "local"}, "ansible_connection is local"),
         ({"ansible_connection": "community.docker.docker"}, "ansible_connection is community.docker.docker"),
+        # ansible_ssh_host and ansible_ssh_port win over ansible_host and ansible_port in the ssh plugin
+        ({"ansible_ssh_host": "prod.example.com"}, "its address is prod.example.com"),
+        ({"ansible_ssh_port": 22}, "its port is 2222, 22"),
         ({"ansible_ssh_common_args": "-o ProxyCommand='ssh -W %h:%p bastion'"}, "ProxyCommand"),
-        ({"ansible_ssh_extra_args": "-oProxyJump=bastion"}, "ProxyJump"),
-        ({"ansible_ssh_extra_args": "-J bastion"}, "-J"),
-        ({"ansible_ssh_args": "-o HostName=10.1.2.3"}, "HostName"),
+        ({"ansible_ssh_common_args": "-F {config} -qJ bastion"}, "-qJ bastion"),
+        ({"ansible_ssh_common_args": "-F {config} -S /tmp/someone-elses.sock"}, "-S"),
         ({"ansible_ssh_common_args": "-F /elsewhere/ssh_config"}, "/elsewhere/ssh_config"),
-        ({"ansible_ssh_executable": "/usr/local/bin/sshwrap"}, "sshwrap"),
+        ({"ansible_ssh_common_args": ""}, "its ssh options are ''"),  # ~/.ssh/config would apply
+        ({"ansible_ssh_extra_args": "-oProxyJump=bastion"}, "ProxyJump"),
+        ({"ansible_ssh_args": "-o HostName=10.1.2.3"}, "HostName"),
+        ({"ansible_ssh_executable": "/usr/local/bin/sshwrap"}, "ansible_ssh_executable"),
+        ({"ansible_control_path": "/tmp/%h"}, "ansible_control_path"),
+        ({"ansible_sftp_extra_args": "-J bastion"}, "ansible_sftp_extra_args"),
+        ({"ansible_scp_executable": "/tmp/scp"}, "ansible_scp_executable"),
     ],
 )
 def test_a_lab_port_reached_another_way_is_not_a_lab_machine(tmp_path, monkeypatch, variables, why):
-    """Name, address and port are not enough: a connection plugin, a proxy or another ssh_config could
-    send the untrusted submission to a machine that is not the lab's."""
+    """Name, address and port are not enough: a connection plugin, a proxy, a shared control socket or
+    another ssh_config could send the untrusted submission to a machine that is not the lab's."""
     lab = Lab("unit", home=tmp_path / "labs")
     monkeypatch.setattr(Lab, "vms", lambda self: [FakeVm("deb-12", 2222)])
     own = {"ansible_host": "127.0.0.1", "ansible_port": 2222, "ansible_ssh_common_args": f"-F {lab.ssh_config}"}
-    assert lab_machines({"deb-12": own}, lab) == {"deb-12"}
-    assert lab_machines({"deb-12": dict(own, **variables)}, lab) == set()
+    variables = {key: str(value).format(config=lab.ssh_config) for key, value in variables.items()}
+    assert lab_machines({"deb-12": own}, lab) == {"deb-12": ""}
+    assert why in lab_machines({"deb-12": dict(own, **variables)}, lab)["deb-12"]
     (tmp_path / "inv.yml").write_text(yaml.safe_dump({"all": {"hosts": {"deb-12": dict(own, **variables)}}}))
     with pytest.raises(LabError, match=re.escape(why)):
         grader(tmp_path).check_inventory()
+
+
+def test_the_labs_and_molecules_inventories_pass_the_guard(tmp_path, monkeypatch):
+    """What `up` writes, and what molecule makes of molecule.yml (ssh_connection_options, ansible_ssh_args
+    "" for all), are the lab's way."""
+    lab = Lab("unit", home=tmp_path / "labs")
+    monkeypatch.setattr(Lab, "vms", lambda self: [FakeVm("deb-12", 2222)])
+    machine = {"instance": "deb-12", "address": "127.0.0.1", "port": 2222, "user": "root", "airgap": True}
+    written = inventory_data([machine], lab.ssh_config)["all"]["children"]["lab"]["hosts"]
+    assert lab_machines(written, lab) == {"deb-12": ""}
+    molecule = {
+        "ansible_user": "root",
+        "ansible_host": "127.0.0.1",
+        "ansible_port": 2222,
+        "ansible_private_key_file": str(lab.dir / "id_ed25519"),
+        "ansible_ssh_common_args": f"-F {lab.ssh_config}",
+        "ansible_ssh_args": "",
+    }
+    assert lab_machines({"deb-12": molecule}, lab) == {"deb-12": ""}
 
 
 def test_rubric_points_reports_and_table(tmp_path):

@@ -23,9 +23,12 @@ description:
     loaded again and checked, or, when there was none, no module is left - and the task fails with a
     message that starts C(rolled back) and gives the reason. The outcome is recorded for
     M(kmodlab.fleet.module_status).
+  - With O(install=false) the build is loaded as it is (insmod from O(build_dir)), and a build that fails
+    to build, load or pass its check leaves no build of the module loaded (the task fails saying so);
+    an installed copy from an earlier deployment is neither used, nor changed, nor removed.
   - With O(persist=true) the module is loaded at boot by C(kmodlab-modules.service), which first builds
     it from the kept sources when the running kernel has none (a kernel upgrade).
-  - Build, modprobe, rmmod and the read of O(proc_entry) run under time limits; hitting one fails the step.
+  - Build, modprobe (insmod), rmmod and the read of O(proc_entry) run under time limits; hitting one fails the step.
   - With O(state=absent), unloads the module and removes the installed modules of every kernel, the kept
     modules, the boot entry and the sources, and runs depmod.
   - A module that is in use is refused, in check mode too, before anything is changed. Bad source file
@@ -76,7 +79,7 @@ options:
     type: int
     default: 600
   load_timeout:
-    description: Seconds one modprobe or rmmod may take.
+    description: Seconds one modprobe, insmod or rmmod may take.
     type: int
     default: 60
   check_timeout:
@@ -102,7 +105,7 @@ kernel:
   type: str
   returned: always
 installed:
-  description: Path of the installed module file.
+  description: Path of the installed module file (with O(install=false), where it would be; nothing is put there).
   type: str
   returned: always
 actions:
@@ -117,7 +120,7 @@ version:
   type: str
   returned: when state is present and not in check mode
 srcversion:
-  description: srcversion of the loaded module, which equals the installed file's.
+  description: srcversion of the loaded module, which equals the installed file's (with O(install=false), the build's).
   type: str
   returned: when state is present and not in check mode
 proc_entry_mode:
@@ -236,6 +239,17 @@ class KernelModule(object):
         self.result["rolled_back"] = message
         self.fail(message)
 
+    def take_off(self, reason):
+        """install=false: a build that failed to build, load or pass its check leaves no build of the module
+        loaded (there is nothing to roll back to: nothing was installed); then fail."""
+        now = "%s is not loaded" % self.name
+        if self.host.loaded():
+            try:
+                self.host.unload()
+            except StepFailed as err:
+                now = "%s is still loaded, and taking it off failed: %s" % (self.name, err)
+        self.fail("%s; %s" % (reason, now))
+
     def present(self, plan):
         replaced = False
         try:
@@ -244,10 +258,15 @@ class KernelModule(object):
                 self.step(action)
             self.result.update(self.host.check(self.module.params["proc_entry"]))
         except StepFailed as err:
+            reason = "on kernel %s, %s" % (self.host.kernel, err)
+            if not self.module.params["install"]:
+                self.take_off(reason)
             if not (replaced or BUILD in plan or RECEIVE in plan):
                 self.fail(str(err))
-            self.roll_back("on kernel %s, %s" % (self.host.kernel, err), replaced)
-        if plan and self.module.params["install"]:
+            self.roll_back(reason, replaced)
+        if not self.module.params["install"]:
+            return  # a deployment's sources and rollback record are left as they are
+        if plan:
             try:
                 self.host.save_good_sources(self.files)  # what the boot service builds for a new kernel
             except OSError as err:

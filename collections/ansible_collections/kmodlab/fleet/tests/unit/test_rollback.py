@@ -207,3 +207,52 @@ def test_a_file_error_is_a_failed_step_that_is_rolled_back(tmp_path, monkeypatch
     assert done.value.failed
     assert "install and run depmod failed: [Errno 28] No space left on device" in done.value.result["msg"]
     assert "the previous m (version old) is loaded" in done.value.result["msg"]
+
+
+class FakeBuildHost(FakeHost):
+    """install=false: load takes the new build from the build dir, as insmod does; the installed file is untouched."""
+
+    def load(self):
+        self.step(LOAD)
+        self.is_loaded = self.new_build
+
+    def step(self, what):
+        self.log.append(what)
+        if what == self.fail_at:
+            if what == LOAD and self.loads_anyway:  # insmod ran out of time, but the init finished
+                self.is_loaded = self.new_build
+            raise StepFailed(f"{what} failed (exit 1)")
+
+
+@pytest.mark.parametrize("fail_at", [BUILD, LOAD, "check"])
+@pytest.mark.parametrize("loads_anyway", [False, True])
+def test_without_install_a_failed_build_is_not_left_loaded_and_nothing_is_rolled_back(tmp_path, fail_at, loads_anyway):
+    """A deployed copy (installed, loaded) and a submission built to replace it: whatever step fails, no
+    build of the module is left loaded, the installed copy is neither reinstalled nor removed, and the
+    deployment's rollback record stays; the message says what is loaded."""
+    km = KernelModule(FakeAnsibleModule())
+    km.module.params["install"] = False
+    km.host = host = FakeBuildHost(tmp_path, b"old", fail_at)
+    host.loads_anyway = loads_anyway
+    host.outcome = "a deployment's record"
+    km.files = {}
+    with pytest.raises(Exit) as done:
+        km.present([WRITE, BUILD, UNLOAD, LOAD])
+    assert done.value.failed
+    assert done.value.result["msg"].startswith(f"m: on kernel 6.12.0-test, {fail_at} failed (exit 1)")
+    assert done.value.result["msg"].endswith("; m is not loaded")
+    assert host.is_loaded is None
+    assert (tmp_path / "installed.ko").read_bytes() == b"old" and "restore" not in host.log
+    assert host.outcome == "a deployment's record"
+
+
+def test_without_install_a_build_that_loads_keeps_the_deployments_record(tmp_path):
+    km = KernelModule(FakeAnsibleModule())
+    km.module.params["install"] = False
+    km.host = host = FakeBuildHost(tmp_path, None, None)
+    host.loads_anyway = False
+    host.outcome = "a deployment's record"
+    km.files = {}
+    km.present([WRITE, BUILD, LOAD])
+    assert host.is_loaded == b"new" and "save sources" not in host.log
+    assert host.outcome == "a deployment's record"
