@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
 	*) echo "usage: $0 [--lab NAME] [--inventory FILE] [--out DIR] [--runs N]" >&2; exit 2 ;;
 	esac
 done
+out=$(realpath -m "$out") # verdicts.py runs in tests/corpus
 class=$(mktemp -d)
 trap 'rm -rf "$class"' EXIT
 python tests/corpus/make_class.py "$class" --alone
@@ -31,7 +32,7 @@ for run in $(seq "$first" $((first + runs - 1))); do
 	start=$(date +%s)
 	python -m kmodlab --lab "$lab" grade "$class" --inventory "$inventory" --out "$out/run$run"
 	echo "run $run: $(($(date +%s) - start)) s for $(ls "$class" | wc -l) submissions on $hosts hosts"
-	(cd tests/corpus && python verdicts.py "../../$out/run$run/grades.json") || status=1
+	(cd tests/corpus && python verdicts.py "$out/run$run/grades.json") || status=1
 	python - "$out/run$run/grades.json" <<'PY'
 import json, sys
 from collections import defaultdict
