@@ -125,3 +125,16 @@ def test_old_proc_api_variant_does_not_compile(variant, copy_of, kbuild):
     assert build.returncode != 0, build.output
     assert re.search(r"error: .*proc_create", build.output), build.output
     assert not (src / f"{variant['module']}.ko").exists()
+
+
+def test_the_judge_finds_a_check_that_is_parametrized_by_its_module(monkeypatch):
+    """corpus.yml names a removal check by its function; the grader names it CHECK[MODULE]. A pass of it
+    is still a miss of the bug."""
+    monkeypatch.syspath_prepend(str(CORPUS))
+    from verdicts import judge
+
+    row = {"student": "timer-entry-not-removed", "kernel": "6.1", "part": "my_timer"}
+    row |= {"check": "test_proc_entry_is_gone[my_timer]", "verdict": "fail", "reason": "/proc/timer exists"}
+    expected = "my_timer::test_proc_entry_is_gone fails; got fail: /proc/timer exists"
+    assert judge({"checks": [row]}) == [("timer-entry-not-removed", "6.1", expected, True)]
+    assert judge({"checks": [dict(row, verdict="pass", reason="")]})[0][3] is False
