@@ -19,25 +19,67 @@ SLEEP_SLACK = Decimal("1.5")
 NS = 10**9
 
 # Run on the host by python3 (Ansible's interpreter there): reads /proc/timer at chosen moments of the
-# wall clock. argv: the separator, the entry, then one window per read, LO-HI in milliseconds of a second:
-# the read starts when the clock's milliseconds are in [LO, HI). Prints each read's text and the
-# separator after it, then the nanoseconds from the start of the first read to the end of the last.
+# module's own clock (the host's clock plus OFFSET nanoseconds: see clock_offset). argv: the separator,
+# the entry, OFFSET, then one step per read, [PAUSE+]LO-HI[:KIND]: sleep PAUSE seconds, then start the
+# read when the clock's milliseconds are in [LO, HI); KIND is `whole` (read until EOF, the default),
+# `bytes` (one byte per read(2), as dd bs=1) or `eof` (then 50 more reads at EOF on the same open file).
+# Prints each read's text and the separator after it, then the nanoseconds from the start of the first
+# read to the end of the last.
 TIMED_READS = (
     HOST_READ
     + r"""
-import sys, time
-sep, entry, windows = sys.argv[1], sys.argv[2], [[int(x) * 10**6 for x in w.split("-")] for w in sys.argv[3:]]
+import os, sys, time
+sep, entry, offset, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 def wait(lo, hi):
-    while not lo <= time.time_ns() % 10**9 < hi:
-        time.sleep(((lo - time.time_ns()) % 10**9) / 1e9)
+    while not lo <= (time.time_ns() + offset) % 10**9 < hi:
+        time.sleep(((lo - time.time_ns() - offset) % 10**9) / 1e9)
+def read_as(kind):
+    if kind == "whole":
+        return read(entry)
+    fd = os.open(entry, os.O_RDONLY)
+    try:
+        parts = [os.read(fd, 1 if kind == "bytes" else 4096)]
+        while parts[-1]:
+            parts.append(os.read(fd, 1 if kind == "bytes" else 4096))
+        if kind == "eof":
+            parts += [os.read(fd, 4096) for _ in range(50)]
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 start = None
-for lo, hi in windows:
-    wait(lo, hi)
+for step in steps:
+    pause, _, rest = step.rpartition("+")
+    window, _, kind = rest.partition(":")
+    time.sleep(float(pause or 0))
+    wait(*(int(x) * 10**6 for x in window.split("-")))
     start = start or time.time_ns()
-    print(read(entry).decode(errors="replace"), end=sep + "\n")
+    print(read_as(kind or "whole").decode(errors="replace"), end=sep + "\n")
 print(time.time_ns() - start)
 """
 )
+# Run on the host: the host's clock, a read, the host's clock again.
+CLOCK_READ = (
+    HOST_READ
+    + r"""
+import sys, time
+t0 = time.time_ns(); text = read(sys.argv[1]); t1 = time.time_ns()
+print(t0, t1); print(text.decode(errors="replace"), end="")
+"""
+)
+# Tries of a timed test whose condition (on the module's own times) a slow host did not meet.
+TRIES = 3
+
+
+def clock_offset(host) -> int:
+    """Nanoseconds the module's clock is ahead of the host's (0 for a module that reads the wall clock,
+    give or take the read): the timed reads aim at the module's own clock, so that a module on another
+    clock (monotonic) meets their conditions as surely as one on the wall clock. 0 if unreadable."""
+    out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(CLOCK_READ)} {TIMER}")
+    match = re.match(r"(\d+) (\d+)\n\w+ \w+: (\d+)\.(\d{9})\n", out.stdout) if out.rc == 0 else None
+    if not match:
+        return 0
+    t0, t1, seconds, nanos = (int(x) for x in match.groups())
+    return seconds * NS + nanos - (t0 + t1) // 2
 
 
 def reads(host, script: str) -> list[str]:
@@ -58,9 +100,10 @@ def reload_timer(host, request):
     return lambda: host.run_test(command)
 
 
-def timed_reads(host, *windows: str) -> tuple[list[str], int]:
-    """Read /proc/timer once per window (see TIMED_READS) in one process on the host: the texts, and the span in ns."""
-    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(TIMED_READS)} {SEP} {TIMER} {' '.join(windows)}")
+def timed_reads(host, *steps: str, offset: int = 0) -> tuple[list[str], int]:
+    """Read /proc/timer once per step (see TIMED_READS) in one process on the host: the texts, and the span in ns."""
+    command = f"timeout -k 5 60 python3 -c {shlex.quote(TIMED_READS)} {SEP} {TIMER} {offset} {' '.join(steps)}"
+    out = host.run(command)
     assert out.rc == 0, f"the timed reads failed (rc {out.rc}): {out.stderr}"
     *texts, span = out.stdout.split(SEP + "\n")
     return texts, int(span)
@@ -91,21 +134,38 @@ def test_first_read_after_load_prints_only_current_time(host, reload_timer):
     assert CURRENT.fullmatch(first), repr(first)
 
 
+def apart(now1: Decimal, now2: Decimal) -> bool:
+    """The second time's nanoseconds are at least 0.1 s above the first's: an elapsed time between them
+    needs no borrow and has a nonzero first digit, so a borrow or padding bug cannot show by chance in
+    a check that is about something else (the borrow and padding checks force theirs)."""
+    return nanoseconds(now2) - nanoseconds(now1) >= NS // 10
+
+
 def test_second_read_reports_time_since_first(host, reload_timer):
     """After a sleep of 2 s, elapsed is 2 s (+ at most 1.5 s) and equals the difference of the two current times."""
-    reload_timer()
-    first, second = reads(host, f"cat {TIMER}; echo {SEP}; sleep 2; cat {TIMER}")
-    (now1,) = (Decimal(x) for x in CURRENT.fullmatch(first).groups())
-    now2, elapsed = parse(second)
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        reload_timer()
+        (first, second), _span = timed_reads(host, "100-250", "2+350-600", offset=offset)
+        match = CURRENT.fullmatch(first)
+        assert match, repr(first)
+        now1 = Decimal(match.group(1))
+        now2, elapsed = parse(second)
+        if apart(now1, now2):
+            break
     assert Decimal(2) <= elapsed < Decimal(2) + SLEEP_SLACK
     assert elapsed == now2 - now1
 
 
 def test_elapsed_is_measured_from_the_previous_read(host):
     """Read, sleep 1, read, sleep 2, read: the third read reports about 2 s, not 3."""
-    outputs = reads(host, f"cat {TIMER}; echo {SEP}; sleep 1; cat {TIMER}; echo {SEP}; sleep 2; cat {TIMER}")
-    now2, _ = parse(outputs[1])
-    now3, elapsed3 = parse(outputs[2])
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        outputs, _span = timed_reads(host, "100-200", "1+300-400", "2+500-700", offset=offset)
+        now2, _ = parse(outputs[1])
+        now3, elapsed3 = parse(outputs[2])
+        if apart(now2, now3):
+            break
     assert elapsed3 == now3 - now2
     assert Decimal(2) <= elapsed3 < Decimal(2) + SLEEP_SLACK
 
@@ -114,11 +174,13 @@ def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
     """Read at .7-.9 s of a second, then at .1-.3 s of the next: elapsed is exactly the difference of the times.
 
     The nanoseconds of the second read are then below the first's, so a borrow done wrong (the second not
-    taken, the nanoseconds negated) shows every time, not by chance. The condition is read from the
-    module's own times; a run where the host was too slow to meet it is tried again (3 tries).
+    taken, the nanoseconds negated) shows every time, not by chance. The reads aim at the module's own clock
+    (clock_offset), and the condition is read from the module's own times; a run where the host was too slow
+    to meet it is tried again (3 tries).
     """
-    for _try in range(3):
-        (first, second), _span = timed_reads(host, "700-900", "100-300")
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        (first, second), _span = timed_reads(host, "700-900", "100-300", offset=offset)
         match = CURRENT.match(first)
         assert match, repr(first)
         now1 = Decimal(match.group(1))
@@ -131,13 +193,20 @@ def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
 
 
 def test_short_elapsed_time_keeps_nine_digits(host):
-    """Two reads in a row, less than 0.1 s apart: elapsed still prints its nanoseconds as exactly 9 digits."""
-    for _try in range(3):
-        (_first, second), span = timed_reads(host, "0-1000", "0-1000")
-        if span < NS // 10:
+    """Two reads in a row, less than 0.1 s apart: elapsed still prints its nanoseconds as exactly 9 digits.
+
+    Both early in a second of the module's clock, so that no borrow is needed (a borrow bug does not show here).
+    """
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        (first, second), span = timed_reads(host, "100-300", "100-300", offset=offset)
+        match = CURRENT.match(first)
+        assert match, repr(first)
+        now2 = re.match(r"current time: (\d+\.\d{9})", second)
+        if span < NS // 10 and now2 and nanoseconds(Decimal(now2.group(1))) >= nanoseconds(Decimal(match.group(1))):
             break
     else:
-        pytest.fail(f"could not read twice within 0.1 s (took {span} ns)")
+        pytest.fail(f"could not read twice within 0.1 s of one second (took {span} ns)")
     assert BOTH.fullmatch(second), f"expected two lines ending in 9-digit nanoseconds, got {second!r}"
 
 
@@ -149,22 +218,27 @@ def test_current_time_agrees_with_the_host_clock(host):
 
 
 def test_byte_by_byte_read_gives_the_same_lines_as_cat(host):
-    """dd bs=1 reads two well-formed lines, and its elapsed time runs from the cat before it."""
-    by_cat, by_dd = reads(host, f"cat {TIMER}; echo {SEP}; dd if={TIMER} bs=1 status=none")
-    now_dd, elapsed = parse(by_dd)
-    now_cat = Decimal(re.match(r"current time: (\d+\.\d{9})", by_cat).group(1))
-    assert elapsed == now_dd - now_cat
+    """A read of one byte at a time (as dd bs=1) gets two well-formed lines, and its elapsed time runs from
+    the whole read before it."""
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        (by_whole, by_bytes), _span = timed_reads(host, "100-250", "450-700:bytes", offset=offset)
+        now_whole = Decimal(re.match(r"current time: (\d+\.\d{9})", by_whole).group(1))
+        now_bytes, elapsed = parse(by_bytes)
+        if apart(now_whole, now_bytes):
+            break
+    assert elapsed == now_bytes - now_whole
 
 
 def test_eof_read_does_not_count_as_a_read(host):
-    """A reader that reads past EOF many times still counts once: the next cat's elapsed runs from its snapshot."""
-    first, second = reads(
-        host,
-        f"python3 -c \"f = open('{TIMER}'); t = f.read(); [f.read() for _ in range(50)]; print(t, end='')\"; "
-        f"echo {SEP}; cat {TIMER}",
-    )
-    now1 = Decimal(re.match(r"current time: (\d+\.\d{9})", first).group(1))
-    now2, elapsed = parse(second)
+    """A reader that reads past EOF many times still counts once: the next read's elapsed runs from its snapshot."""
+    offset = clock_offset(host)
+    for _try in range(TRIES):
+        (first, second), _span = timed_reads(host, "100-250:eof", "450-700", offset=offset)
+        now1 = Decimal(re.match(r"current time: (\d+\.\d{9})", first).group(1))
+        now2, elapsed = parse(second)
+        if apart(now1, now2):
+            break
     assert elapsed == now2 - now1
 
 
