@@ -2,46 +2,53 @@
 # Grade the whole corpus (tests/corpus: the reference and every variant, each variant holding its
 # module only) on a lab, then print whether each verdict is the one the corpus expects, and the
 # seconds per submission per kernel. Usage (a lab must be up, e.g. python -m kmodlab up):
-#   bench/grade_corpus.sh [--lab NAME] [--inventory FILE] [--out DIR] [--runs N]
+#   bench/grade_corpus.sh [--lab NAME] [--inventory FILE] [--out DIR] [--runs N] [--only VARIANT]...
+# --only VARIANT grades the reference and that variant of the corpus only (repeat it for more).
 # --runs N grades it N times. The runs are numbered on from those already in --out (run1, run2, ...),
 # so runs on labs of different sizes add up; when --out holds more than one run, the verdicts of all
-# of them are compared: the script fails if any differs. Each run prints the seconds per submission
-# per kernel, its wall time and the number of hosts it graded on (2 -> 4 machines: run it again on a
-# lab with two machines per kernel, same --out).
+# of them are compared: the script fails if any differs. Each run prints its wall time, the number of
+# hosts it graded on and two figures per kernel: the seconds one submission took on one host (from its
+# deploy to its last check, restore included), and the class's wall time per submission and kernel
+# (what a class costs: hosts grade at once). For 2 -> 4 machines, run it again on a lab with two
+# machines per kernel, same --out and --only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-lab=default inventory=inventory/lab.yml out=grades-corpus runs=1
+lab=default inventory=inventory/lab.yml out=grades-corpus runs=1 only=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--lab) lab=$2; shift 2 ;;
 	--inventory) inventory=$2; shift 2 ;;
 	--out) out=$2; shift 2 ;;
 	--runs) runs=$2; shift 2 ;;
-	*) echo "usage: $0 [--lab NAME] [--inventory FILE] [--out DIR] [--runs N]" >&2; exit 2 ;;
+	--only) only+=("$2"); shift 2 ;;
+	*) echo "usage: $0 [--lab NAME] [--inventory FILE] [--out DIR] [--runs N] [--only VARIANT]..." >&2; exit 2 ;;
 	esac
 done
 out=$(realpath -m "$out") # verdicts.py runs in tests/corpus
 class=$(mktemp -d)
 trap 'rm -rf "$class"' EXIT
-python tests/corpus/make_class.py "$class" --alone
+python tests/corpus/make_class.py "$class" --alone ${only[@]+"${only[@]}"}
 first=1
 while [ -e "$out/run$first" ]; do first=$((first + 1)); done
 hosts=$(ansible-inventory -i "$inventory" --list | python -c 'import json, sys; print(len(json.load(sys.stdin)["_meta"]["hostvars"]))')
 for run in $(seq "$first" $((first + runs - 1))); do
 	start=$(date +%s)
 	python -m kmodlab --lab "$lab" grade "$class" --inventory "$inventory" --out "$out/run$run"
-	echo "run $run: $(($(date +%s) - start)) s for $(ls "$class" | wc -l) submissions on $hosts hosts"
+	wall=$(($(date +%s) - start)) # the grader's preparation of the hosts included
+	echo "run $run: $wall s for $(ls "$class" | wc -l) submissions on $hosts hosts"
 	(cd tests/corpus && python verdicts.py "$out/run$run/grades.json") || status=1
-	python - "$out/run$run/grades.json" <<'PY'
+	python - "$out/run$run/grades.json" "$wall" <<'PY'
 import json, sys
 from collections import defaultdict
-summary = json.load(open(sys.argv[1]))["summary"]
+summary, wall = json.load(open(sys.argv[1]))["summary"], int(sys.argv[2])
 by_kernel = defaultdict(list)
 for row in summary:
     by_kernel[row["kernel"]].append(row["seconds"].get("total", 0))
 for kernel, seconds in sorted(by_kernel.items()):
-    print(f"{kernel}: {sum(seconds) / len(seconds):.0f} s per submission (min {min(seconds):.0f}, max {max(seconds):.0f})")
+    print(f"{kernel}: {sum(seconds) / len(seconds):.0f} s per submission on one host (min {min(seconds):.0f}, max {max(seconds):.0f})")
+units = sum(map(len, by_kernel.values()))
+print(f"class: {wall / units:.0f} s of wall time per submission per kernel ({wall} s for {units})")
 PY
 done
 if [ -e "$out/run2" ]; then

@@ -7,8 +7,9 @@ Tests that change the hosts more run only when asked, after all others, by desig
 by file name: with --redeploy, those marked `redeploy` run deploy.yml themselves (with this
 repository's module_src, so not while checking a student's module); with --rollout, the rollout
 story (test_rollout.py) on a lab (--lab NAME); with --removal, those marked `removal` run
-remove.yml and check that nothing is left; with --grade-class, test_grade_class.py grades a small class
-with the grader (on a lab, --lab). molecule passes all of them.
+remove.yml (with --grading, the grader's removal of a build) and check that nothing is left; with
+--grade-class, test_grade_class.py grades a small class with the grader (on a lab, --lab). molecule
+passes all of them.
 
 With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
 of this repository's modules that the assignment leaves open, and those marked `installed`, which check

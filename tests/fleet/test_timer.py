@@ -24,7 +24,8 @@ NS = 10**9
 # read when the clock's milliseconds are in [LO, HI); KIND is `whole` (read until EOF, the default),
 # `bytes` (one byte per read(2), as dd bs=1) or `eof` (then 50 more reads at EOF on the same open file).
 # Prints each read's text and the separator after it, then the nanoseconds from the start of the first
-# read to the end of the last.
+# read to the end of the last and whether every read landed: began and ended within its window, in one
+# second (a slow host can start a read late: the test then tries again).
 TIMED_READS = (
     HOST_READ
     + r"""
@@ -46,24 +47,64 @@ def read_as(kind):
         return b"".join(parts)
     finally:
         os.close(fd)
-start = None
+start, landed = None, True
 for step in steps:
     pause, _, rest = step.rpartition("+")
     window, _, kind = rest.partition(":")
+    lo, hi = (int(x) * 10**6 for x in window.split("-"))
     time.sleep(float(pause or 0))
-    wait(*(int(x) * 10**6 for x in window.split("-")))
-    start = start or time.time_ns()
-    print(read_as(kind or "whole").decode(errors="replace"), end=sep + "\n")
-print(time.time_ns() - start)
+    wait(lo, hi)
+    before = time.time_ns()
+    start = start or before
+    text = read_as(kind or "whole")
+    after = time.time_ns()
+    before, after = before + offset, after + offset
+    landed = landed and before // 10**9 == after // 10**9 and lo <= before % 10**9 and after % 10**9 < hi
+    print(text.decode(errors="replace"), end=sep + "\n")
+print(time.time_ns() - start, int(landed))
 """
 )
-# Run on the host: the host's clock, a read, the host's clock again.
+# Run on the host: the host's clock, a read, the host's clock again; five times, and prints the two
+# clocks of the quickest (the module's time is known best there), then that read's text. argv: the
+# entry, then optionally a window LO-HI: each read starts when the host clock's milliseconds are in it.
 CLOCK_READ = (
     HOST_READ
     + r"""
 import sys, time
-t0 = time.time_ns(); text = read(sys.argv[1]); t1 = time.time_ns()
+lo, hi = (int(x) * 10**6 for x in (sys.argv[2] if len(sys.argv) > 2 else "0-1000").split("-"))
+tries = []
+for _ in range(5):
+    while not lo <= time.time_ns() % 10**9 < hi:
+        time.sleep(((lo - time.time_ns()) % 10**9) / 1e9)
+    t0 = time.time_ns(); text = read(sys.argv[1]); t1 = time.time_ns()
+    tries.append((t1 - t0, t0, t1, text))
+_, t0, t1, text = min(tries)
 print(t0, t1); print(text.decode(errors="replace"), end="")
+"""
+)
+# Run on the host: READERS processes (forked, so they start at once: no exec per read as with cat, which
+# costs seconds under emulation) each read ENTRY to its end READS times; prints every read's text with the
+# separator after it. argv: the separator, the entry, READERS, READS.
+CONCURRENT_READS = (
+    HOST_READ
+    + r"""
+import os, sys
+sep, entry, readers, reads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+pipes = []
+for _ in range(readers):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.close(r)
+        texts = [read(entry) + sep.encode() + b"\n" for _ in range(reads)]
+        os.write(w, b"".join(texts))
+        os._exit(0)
+    os.close(w)
+    pipes.append(r)
+for r in pipes:
+    with os.fdopen(r, "rb") as f:
+        sys.stdout.write(f.read().decode(errors="replace"))
+failed = [os.wait()[1] for _ in pipes]
+sys.exit(1 if any(failed) else 0)
 """
 )
 # Tries of a timed test whose condition (on the module's own times) a slow host did not meet.
@@ -82,13 +123,6 @@ def clock_offset(host) -> int:
     return seconds * NS + nanos - (t0 + t1) // 2
 
 
-def reads(host, script: str) -> list[str]:
-    """Run SCRIPT (which prints SEP between reads) on the host in one shell and split its output."""
-    out = host.run(f"set -e; {script}")
-    assert out.rc == 0, out.stderr
-    return out.stdout.split(SEP + "\n")
-
-
 @pytest.fixture
 def reload_timer(host, request):
     """Load my_timer again, from where it was loaded: the installed module (modprobe), or, when grading,
@@ -100,13 +134,36 @@ def reload_timer(host, request):
     return lambda: host.run_test(command)
 
 
-def timed_reads(host, *steps: str, offset: int = 0) -> tuple[list[str], int]:
-    """Read /proc/timer once per step (see TIMED_READS) in one process on the host: the texts, and the span in ns."""
+def timed_reads(host, *steps: str, offset: int = 0) -> tuple[list[str], int, bool]:
+    """Read /proc/timer once per step (see TIMED_READS) in one process on the host: the texts, the span in
+    ns, and whether every read landed in its window."""
     command = f"timeout -k 5 60 python3 -c {shlex.quote(TIMED_READS)} {SEP} {TIMER} {offset} {' '.join(steps)}"
     out = host.run(command)
     assert out.rc == 0, f"the timed reads failed (rc {out.rc}): {out.stderr}"
-    *texts, span = out.stdout.split(SEP + "\n")
-    return texts, int(span)
+    *texts, last = out.stdout.split(SEP + "\n")
+    span, landed = last.split()
+    return texts, int(span), landed == "1"
+
+
+def aimed_reads(host, *steps: str, offset: int, before=None, accept=None) -> tuple[list[str], int]:
+    """timed_reads until every read landed in its window and ACCEPT(texts, span) holds (when it can tell),
+    running BEFORE() ahead of each try; at most TRIES tries. The windows keep a bug that is another check's
+    (a borrow, the padding) from showing: a host too slow to read at the chosen moments fails the check
+    with that reason, never lets it decide on reads it did not aim."""
+    for _try in range(TRIES):
+        if before:
+            before()
+        texts, span, landed = timed_reads(host, *steps, offset=offset)
+        if landed and (accept is None or accept(texts, span)):
+            return texts, span
+    reason = "the condition on the module's times" if landed else f"the reads in their windows ({' '.join(steps)})"
+    pytest.fail(f"the host did not meet {reason} in {TRIES} tries; last reads: {texts!r}")
+
+
+def now_of(text: str) -> Decimal | None:
+    """The current time of a read, if its first line is well formed."""
+    match = re.match(r"current time: (\d+\.\d{9})\n", text)
+    return Decimal(match.group(1)) if match else None
 
 
 def nanoseconds(value: Decimal) -> int:
@@ -133,30 +190,29 @@ def test_first_read_after_load_prints_only_current_time(host, reload_timer):
     Read at .1-.9 s of the module's own clock, so that a padding bug (its own check) cannot show here by chance.
     """
     offset = clock_offset(host)
-    reload_timer()
-    (first,), _span = timed_reads(host, "100-900", offset=offset)
+    (first,), _span = aimed_reads(host, "100-900", offset=offset, before=reload_timer)
     assert CURRENT.fullmatch(first), repr(first)
 
 
-def apart(now1: Decimal, now2: Decimal) -> bool:
-    """The second time's nanoseconds are at least 0.1 s above the first's: an elapsed time between them
-    needs no borrow and has a nonzero first digit, so a borrow or padding bug cannot show by chance in
-    a check that is about something else (the borrow and padding checks force theirs)."""
-    return nanoseconds(now2) - nanoseconds(now1) >= NS // 10
+def apart(first: str, second: str) -> bool:
+    """The second read's nanoseconds are at least 0.1 s above the first's (True when a time does not parse:
+    the check's own assertion then judges): an elapsed time between them needs no borrow and has a nonzero
+    first digit, so a borrow or padding bug cannot show by chance in a check that is about something else
+    (the borrow and padding checks force theirs). The windows of the reads make it so; this checks it."""
+    now1, now2 = now_of(first), now_of(second)
+    return now1 is None or now2 is None or nanoseconds(now2) - nanoseconds(now1) >= NS // 10
 
 
 def test_second_read_reports_time_since_first(host, reload_timer):
     """After a sleep of 2 s, elapsed is 2 s (+ at most 1.5 s) and equals the difference of the two current times."""
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        reload_timer()
-        (first, second), _span = timed_reads(host, "100-250", "2+350-600", offset=offset)
-        match = CURRENT.fullmatch(first)
-        assert match, repr(first)
-        now1 = Decimal(match.group(1))
-        now2, elapsed = parse(second)
-        if apart(now1, now2):
-            break
+    (first, second), _span = aimed_reads(
+        host, "100-250", "2+350-600", offset=offset, before=reload_timer, accept=lambda texts, _: apart(*texts)
+    )
+    match = CURRENT.fullmatch(first)
+    assert match, repr(first)
+    now1 = Decimal(match.group(1))
+    now2, elapsed = parse(second)
     assert Decimal(2) <= elapsed < Decimal(2) + SLEEP_SLACK
     assert elapsed == now2 - now1
 
@@ -164,12 +220,11 @@ def test_second_read_reports_time_since_first(host, reload_timer):
 def test_elapsed_is_measured_from_the_previous_read(host):
     """Read, sleep 1, read, sleep 2, read: the third read reports about 2 s, not 3."""
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        outputs, _span = timed_reads(host, "100-200", "1+300-400", "2+500-700", offset=offset)
-        now2, _ = parse(outputs[1])
-        now3, elapsed3 = parse(outputs[2])
-        if apart(now2, now3):
-            break
+    outputs, _span = aimed_reads(
+        host, "100-200", "1+300-400", "2+500-700", offset=offset, accept=lambda texts, _: apart(*texts[1:])
+    )
+    now2, _ = parse(outputs[1])
+    now3, elapsed3 = parse(outputs[2])
     assert elapsed3 == now3 - now2
     assert Decimal(2) <= elapsed3 < Decimal(2) + SLEEP_SLACK
 
@@ -183,16 +238,16 @@ def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
     to meet it is tried again (3 tries).
     """
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        (first, second), _span = timed_reads(host, "700-900", "100-300", offset=offset)
-        match = CURRENT.match(first)
-        assert match, repr(first)
-        now1 = Decimal(match.group(1))
-        now2, elapsed = parse(second)
-        if nanoseconds(now2) < nanoseconds(now1):
-            break
-    else:
-        pytest.fail(f"could not read with the second read's nanoseconds below the first's: {now1} then {now2}")
+
+    def wraps(texts: list[str], _span: int) -> bool:
+        now1, now2 = map(now_of, texts)
+        return now1 is None or now2 is None or nanoseconds(now2) < nanoseconds(now1)
+
+    (first, second), _span = aimed_reads(host, "700-900", "100-300", offset=offset, accept=wraps)
+    match = CURRENT.match(first)
+    assert match, repr(first)
+    now1 = Decimal(match.group(1))
+    now2, elapsed = parse(second)
     assert elapsed == now2 - now1, f"expected elapsed {now2 - now1} ({now2} - {now1}), got {elapsed}"
 
 
@@ -202,58 +257,59 @@ def test_short_elapsed_time_keeps_nine_digits(host):
     Both early in a second of the module's clock, so that no borrow is needed (a borrow bug does not show here).
     """
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        (first, second), span = timed_reads(host, "100-300", "100-300", offset=offset)
-        match = CURRENT.match(first)
-        assert match, repr(first)
-        now2 = re.match(r"current time: (\d+\.\d{9})", second)
-        if span < NS // 10 and now2 and nanoseconds(Decimal(now2.group(1))) >= nanoseconds(Decimal(match.group(1))):
-            break
-    else:
-        pytest.fail(f"could not read twice within 0.1 s of one second (took {span} ns)")
+
+    def close(texts: list[str], span: int) -> bool:
+        now1, now2 = map(now_of, texts)
+        return now1 is None or now2 is None or (span < NS // 10 and nanoseconds(now2) >= nanoseconds(now1))
+
+    (first, second), _span = aimed_reads(host, "100-300", "100-300", offset=offset, accept=close)
+    assert CURRENT.match(first), repr(first)
     assert BOTH.fullmatch(second), f"expected two lines ending in 9-digit nanoseconds, got {second!r}"
 
 
 def test_current_time_agrees_with_the_host_clock(host):
-    """The current time lies between the host's clock read just before and just after."""
-    before, output, after = reads(host, f"date +%s.%N; echo {SEP}; cat {TIMER}; echo {SEP}; date +%s.%N")
-    now = Decimal(re.match(r"current time: (\d+\.\d{9})", output).group(1))
-    assert Decimal(before.strip()) <= now <= Decimal(after.strip())
+    """The current time lies between the host's clock read just before and just after.
+
+    Read at .1-.9 s of the host's clock, so that a padding bug (its own check) cannot show here by chance.
+    """
+    out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(CLOCK_READ)} {TIMER} 100-900")
+    assert out.rc == 0, out.stderr
+    clocks, _, output = out.stdout.partition("\n")
+    before, after = (Decimal(t) / NS for t in clocks.split())
+    now = now_of(output)
+    assert now is not None, repr(output)
+    assert before <= now <= after, f"expected a time between {before} and {after}, got {now}"
 
 
 def test_byte_by_byte_read_gives_the_same_lines_as_cat(host):
     """A read of one byte at a time (as dd bs=1) gets two well-formed lines, and its elapsed time runs from
     the whole read before it."""
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        (by_whole, by_bytes), _span = timed_reads(host, "100-250", "450-700:bytes", offset=offset)
-        now_whole = Decimal(re.match(r"current time: (\d+\.\d{9})", by_whole).group(1))
-        now_bytes, elapsed = parse(by_bytes)
-        if apart(now_whole, now_bytes):
-            break
+    (by_whole, by_bytes), _span = aimed_reads(
+        host, "100-250", "450-700:bytes", offset=offset, accept=lambda texts, _: apart(*texts)
+    )
+    now_whole = now_of(by_whole)
+    assert now_whole is not None, repr(by_whole)
+    now_bytes, elapsed = parse(by_bytes)
     assert elapsed == now_bytes - now_whole
 
 
 def test_eof_read_does_not_count_as_a_read(host):
     """A reader that reads past EOF many times still counts once: the next read's elapsed runs from its snapshot."""
     offset = clock_offset(host)
-    for _try in range(TRIES):
-        (first, second), _span = timed_reads(host, "100-250:eof", "450-700", offset=offset)
-        now1 = Decimal(re.match(r"current time: (\d+\.\d{9})", first).group(1))
-        now2, elapsed = parse(second)
-        if apart(now1, now2):
-            break
+    (first, second), _span = aimed_reads(
+        host, "100-250:eof", "450-700", offset=offset, accept=lambda texts, _: apart(*texts)
+    )
+    now1 = now_of(first)
+    assert now1 is not None, repr(first)
+    now2, elapsed = parse(second)
     assert elapsed == now2 - now1
 
 
 def test_concurrent_readers_get_well_formed_output(host):
     """8 readers x 25 reads at once: every read is two well-formed lines and the kernel logs no warning."""
     before = warnings_in_dmesg(host)
-    out = host.run(
-        "d=$(mktemp -d); for i in 1 2 3 4 5 6 7 8; do "
-        f"(for j in $(seq 25); do cat {TIMER}; echo " + SEP + "; done > $d/$i) & done; wait; "
-        "cat $d/*; rm -r $d"
-    )
+    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(CONCURRENT_READS)} {SEP} {TIMER} 8 25")
     assert out.rc == 0, out.stderr
     chunks = [c for c in out.stdout.split(SEP + "\n") if c]
     assert len(chunks) == 200

@@ -1,0 +1,51 @@
+"""The timed reads of the fleet's /proc/timer checks (tests/fleet/test_timer.py), run here on a file: a
+read starts in its window of the clock, and the script says whether every read also ended there."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
+import test_timer as timer  # noqa: E402
+
+NS = 10**9
+
+
+def timed_reads(entry: Path, *steps: str) -> tuple[list[str], bool]:
+    command = [sys.executable, "-c", timer.TIMED_READS, timer.SEP, str(entry), "0", *steps]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    *texts, last = out.stdout.split(timer.SEP + "\n")
+    _span, landed = last.split()
+    return texts, landed == "1"
+
+
+def test_reads_within_their_windows_landed(tmp_path):
+    entry = tmp_path / "timer"
+    entry.write_text("current time: 1795700000.123456789\n")
+    texts, landed = timed_reads(entry, "100-400", "500-900:bytes", "0+200-600:eof")
+    assert texts == [entry.read_text()] * 3
+    assert landed
+
+
+def test_a_read_that_outlasts_its_window_did_not_land(tmp_path):
+    """200,000 one-byte reads take longer than the millisecond the window gives them."""
+    entry = tmp_path / "timer"
+    entry.write_bytes(b"x" * 200_000)
+    texts, landed = timed_reads(entry, "100-101:bytes")
+    assert texts == [entry.read_text()]
+    assert not landed
+
+
+def test_the_clock_read_starts_in_its_window(tmp_path):
+    entry = tmp_path / "timer"
+    entry.write_text("current time: 1795700000.123456789\n")
+    out = subprocess.run(
+        [sys.executable, "-c", timer.CLOCK_READ, str(entry), "600-700"], capture_output=True, text=True, check=True
+    )
+    clocks, _, text = out.stdout.partition("\n")
+    t0, t1 = map(int, clocks.split())
+    assert 600 * 10**6 <= t0 % NS < 700 * 10**6
+    assert t0 <= t1
+    assert text == entry.read_text()
