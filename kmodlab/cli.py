@@ -72,7 +72,10 @@ def parser() -> argparse.ArgumentParser:
         help=f"seconds to wait for ssh on all machines (default: {DEFAULT_SSH_TIMEOUT:g})",
     )
     up.add_argument(
-        "--cpus", type=int, default=DEFAULT_CPUS, help=f"virtual CPUs per machine (default: {DEFAULT_CPUS})"
+        "--cpus",
+        type=int,
+        default=None,
+        help=f"virtual CPUs per machine (default: the host's cores shared among the machines, 1 to {DEFAULT_CPUS})",
     )
     up.add_argument(
         "--memory",

@@ -44,12 +44,12 @@ from kmodlab.ssh import (
 )
 from kmodlab.vm import (
     DEFAULT_ACCEL,
-    DEFAULT_CPUS,
     DEFAULT_MEMORY_MIB,
     POWEROFF_TIMEOUT,
     Vm,
     VmConfig,
     choose_accel,
+    cpus_per_machine,
     newest_kernel,
     pick_port,
 )
@@ -172,7 +172,7 @@ class Lab:
         specs: list[VmSpec],
         accel: str = DEFAULT_ACCEL,
         timeout: float = DEFAULT_SSH_TIMEOUT,
-        cpus: int = DEFAULT_CPUS,
+        cpus: int | None = None,
         memory_mib: int = DEFAULT_MEMORY_MIB,
         inventory: Path | None = None,
         package_cache: bool = True,
@@ -180,7 +180,8 @@ class Lab:
         """Start the machines that are not running yet, wait until each answers on ssh, write the inventory.
 
         With PACKAGE_CACHE the machines it starts fetch packages through the package cache
-        (started here, or the running one); without, from the mirror themselves.
+        (started here, or the running one); without, from the mirror themselves. CPUS virtual CPUs
+        each, by default the host's cores shared among the lab's running machines (cpus_per_machine).
         If anything fails or the command is interrupted (KeyboardInterrupt), every
         machine this call started is stopped again (and the package cache, if no machine uses it).
         """
@@ -206,6 +207,8 @@ class Lab:
                 say(f"{spec.name} is already running on port {vm.config.port}")
             else:
                 to_start.append(spec)
+        if cpus is None:
+            cpus = cpus_per_machine(sum(vm.running() for vm in existing.values()) + len(to_start))
         public_key = ensure_key(self.key, f"kmodlab-{self.name}")
         self.write_ssh_config()
         images = {}
@@ -421,7 +424,7 @@ class Lab:
             )
             network = " (air-gapped)" if spec.airgap else ""
             say(
-                f"booting {spec.name} ({spec.distro}, kernel {config.kernel}, {accel}) "
+                f"booting {spec.name} ({spec.distro}, kernel {config.kernel}, {accel}, {cpus} vCPU) "
                 f"with ssh on {ADDRESS}:{port}{network}"
             )
             try:

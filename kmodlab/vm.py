@@ -32,6 +32,8 @@ from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 
 QEMU = "qemu-system-x86_64"
+# Virtual CPUs of a machine started on its own; a lab shares the host's cores among its machines
+# (cpus_per_machine).
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY_MIB = 1536
 DEFAULT_ACCEL = "auto"
@@ -68,6 +70,15 @@ class VmConfig:
     memory_mib: int = DEFAULT_MEMORY_MIB
     cache_port: int = 0
     airgap: bool = False
+
+
+def cpus_per_machine(machines: int, host_cpus: int | None = None) -> int:
+    """Virtual CPUs for each of MACHINES machines running at once: the host's cores shared among them,
+    at least 1 and at most DEFAULT_CPUS. Each vCPU is a host thread (a TCG one busy whenever the guest
+    is), so more vCPUs than cores only makes guests that work at once contend: measured on 2 cores, two
+    Debian guests installed the build packages in 150 s with 1 vCPU each, in 186 s with 2."""
+    cores = host_cpus or os.cpu_count() or 1
+    return max(1, min(DEFAULT_CPUS, cores // max(1, machines)))
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:

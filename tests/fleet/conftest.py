@@ -33,8 +33,9 @@ OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
 NOT_GRADED = ("reference", "installed")
 # Seconds a check may take (the tests that are not opt-in, and the `grading` ones) unless it says
 # otherwise (pytest.mark.timeout) or --check-timeout / pytest-timeout's --timeout is given; a removal
-# test, whose first one runs remove.yml, REMOVAL_TIMEOUT. The tests that run playbooks or the grader
-# themselves (redeploy, rollout, grade_class) have no limit but their own.
+# test, whose first one runs remove.yml, REMOVAL_TIMEOUT (when grading, the check's limit and 60 s). The
+# tests that run playbooks or the grader themselves (redeploy, rollout, grade_class) have no limit but
+# their own.
 FLEET_TIMEOUT = 120
 REMOVAL_TIMEOUT = 900
 # Tests that stop after a time-out, by host: hosts[name] = the test that ran out of time there.
@@ -91,7 +92,8 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=deselected)
     items[:] = kept
     limits = {None: config.getoption("check_timeout"), "grading": config.getoption("check_timeout")}
-    limits["removal"] = REMOVAL_TIMEOUT
+    # When grading, the removal is one command whose rmmod has 60 s (test_removal.py's GRADER_REMOVAL).
+    limits["removal"] = config.getoption("check_timeout") + 60 if grading else REMOVAL_TIMEOUT
     for item in kept:
         limit = limits.get(opt_in_marker(item))
         if limit and item.get_closest_marker("timeout") is None and not config.getoption("timeout", None):
@@ -113,7 +115,9 @@ def pytest_runtest_call(item):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
-    if call.when == "call" and report.failed and TIMED_OUT in str(call.excinfo.value if call.excinfo else ""):
+    # A fixture that ran out of time (the removal's rmmod) may hang the host as surely as a check.
+    timed_out = TIMED_OUT in str(call.excinfo.value if call.excinfo else "")
+    if call.when in ("setup", "call") and report.failed and timed_out:
         name = _host_name(item)
         if name:
             HUNG.setdefault(name, item.nodeid)

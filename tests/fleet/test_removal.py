@@ -30,7 +30,7 @@ def run_remove(request, limit: str) -> str:
 # removal checks fail, and the grader restores the host or runs remove.yml before the next submission.
 GRADER_REMOVAL = """
 for name in {modules}; do
-    if [ -e /sys/module/$name ]; then timeout -k 5 60 rmmod $name || echo "rmmod $name failed"; fi
+    if [ -e /sys/module/$name ]; then timeout -k 5 60 rmmod $name || echo "rmmod $name failed (exit $?)"; fi
 done
 rm -rf {paths}
 """
@@ -51,7 +51,7 @@ def removal(request):
     hosts = hosts_under_test(request)
     warnings_before = {h.backend.get_hostname(): warnings_in_dmesg(h) for h in hosts}
     if request.config.getoption("grading"):
-        first = "".join(grader_removal(h) for h in hosts)
+        first = "".join(f"{h.backend.get_hostname()}: {grader_removal(h)}\n" for h in hosts)
         return {"warnings_before": warnings_before, "first": first, "second": None}
     limit = ",".join(warnings_before)
     return {

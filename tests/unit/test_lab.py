@@ -8,11 +8,12 @@ import json
 import pytest
 
 from kmodlab import lab as lab_module
+from kmodlab import vm as vm_module
 from kmodlab.cli import main, parser
 from kmodlab.images import Image
 from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.ssh import INVENTORY_HEADER
-from kmodlab.vm import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, Vm, VmConfig
+from kmodlab.vm import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, Vm, VmConfig, cpus_per_machine
 
 FOREIGN = "all:\n  hosts:\n    prod-db-01.example.org:\n"
 
@@ -131,6 +132,40 @@ def test_each_default_is_written_once():
     up = inspect.signature(Lab.up).parameters
     config = inspect.signature(VmConfig).parameters
     assert args.timeout == up["timeout"].default == DEFAULT_SSH_TIMEOUT
-    assert args.cpus == up["cpus"].default == config["cpus"].default == DEFAULT_CPUS
+    assert args.cpus is up["cpus"].default is None  # shared among the machines: cpus_per_machine
+    assert config["cpus"].default == DEFAULT_CPUS
     assert args.memory == up["memory_mib"].default == config["memory_mib"].default == DEFAULT_MEMORY_MIB
     assert args.package_cache is up["package_cache"].default is True
+
+
+@pytest.mark.parametrize(
+    ("machines", "cores", "cpus"), [(1, 2, 2), (2, 2, 1), (3, 2, 1), (4, 8, 2), (2, 5, 2), (3, 4, 1)]
+)
+def test_the_hosts_cores_are_shared_among_the_machines(machines, cores, cpus):
+    """No more vCPUs than cores (but at least one each), at most DEFAULT_CPUS per machine."""
+    assert cpus_per_machine(machines, cores) == cpus
+
+
+def test_up_gives_each_machine_its_share_of_the_cores(short_tmp, monkeypatch):
+    """Without --cpus, up counts the machines it starts: two on a 2-core host get 1 vCPU each."""
+    image = Image(short_tmp / "image")
+    monkeypatch.setattr(lab_module, "find_mirror", lambda: "file:///m")
+    monkeypatch.setattr(lab_module, "ensure_image", lambda distro, mirror, cache: image)
+    monkeypatch.setattr(lab_module, "choose_accel", lambda accel, image, cache: "tcg")
+    monkeypatch.setattr(Image, "meta", property(lambda self: {"kernel": "k"}))
+    monkeypatch.setattr(vm_module.os, "cpu_count", lambda: 2)
+    started = []
+
+    def start(self, config, image, public_key):
+        started.append(config.cpus)
+        raise KeyboardInterrupt  # nothing more to see: stop here
+
+    monkeypatch.setattr(Vm, "start", start)
+    monkeypatch.setattr(Vm, "stop", lambda self: None)
+    with pytest.raises(KeyboardInterrupt):
+        Lab("t", home=short_tmp).up([VmSpec.parse("debian12"), VmSpec.parse("debian13")], package_cache=False)
+    with pytest.raises(KeyboardInterrupt):
+        Lab("u", home=short_tmp).up([VmSpec.parse("debian12")], package_cache=False)
+    with pytest.raises(KeyboardInterrupt):
+        Lab("v", home=short_tmp).up([VmSpec.parse("debian12")], cpus=3, package_cache=False)
+    assert started == [1, 2, 3]

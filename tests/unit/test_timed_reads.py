@@ -45,7 +45,21 @@ def test_the_clock_read_starts_in_its_window(tmp_path):
         [sys.executable, "-c", timer.CLOCK_READ, str(entry), "600-700"], capture_output=True, text=True, check=True
     )
     clocks, _, text = out.stdout.partition("\n")
-    t0, t1 = map(int, clocks.split())
+    t0, t1, landed = map(int, clocks.split())
     assert 600 * 10**6 <= t0 % NS < 700 * 10**6
     assert t0 <= t1
+    assert landed == 1
     assert text == entry.read_text()
+
+
+def test_the_aim_is_checked_on_the_times_the_module_printed():
+    """An unpadded 5 ms (a padding bug) is 5 ms, not 0.5 s: it is outside a window of .1-.9 s."""
+    assert timer.printed_nanoseconds("current time: 1795700000.5000000\n") == 5_000_000
+    assert timer.printed_nanoseconds("Current Time: 1795700000.123456789\nelapsed time: 1.0\n") == 123_456_789
+    assert timer.printed_nanoseconds("garbage") is None
+    assert not timer.in_windows(["current time: 1795700000.5000000\n"], ("100-900",))
+    assert timer.in_windows(["current time: 1795700000.500000000\n"], ("100-900",))
+    first, second = "current time: 1.750000000\n", "current time: 3.150000000\nelapsed time: 1.400000000\n"
+    assert timer.in_windows([first, second], ("700-900", "1+100-300:bytes"))
+    assert not timer.in_windows([second, first], ("700-900", "1+100-300:bytes"))
+    assert timer.in_windows(["no time here"], ("100-200",))
