@@ -6,8 +6,9 @@
 # machines (debian12 + debian13) and on 4 (two of each). The lab is taken down
 # and brought up again before each cold run, so each starts on fresh machines.
 # Prints seconds per step, then the ratios against their targets (issue 9).
-# Usage: bench/compare.sh [--skip-4]
+# Usage: bench/compare.sh [--skip-4] [--cpus N]
 #   --skip-4   leave out the 4-machine part (the slowest)
+#   --cpus N   N virtual CPUs per machine (default: the lab's, the host's cores shared among the machines)
 # Each step's output goes to a log in a temporary directory; it is removed at
 # the end, and kept (its path printed) when a step fails. A failed step ends the
 # run and gets no figure.
@@ -16,16 +17,26 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_NOCOLOR=1 # plain logs: the recap is read for changed=0
 
-usage="usage: bench/compare.sh [--skip-4]"
+usage="usage: bench/compare.sh [--skip-4] [--cpus N]"
 skip4=false
-case "$#:${1-}" in
-0:) ;;
-1:--skip-4) skip4=true ;;
-*)
-	echo "$usage" >&2
-	exit 2
-	;;
-esac
+cpus=()
+while (($#)); do
+	case $1 in
+	--skip-4) skip4=true && shift ;;
+	--cpus)
+		if ! [[ ${2-} =~ ^[1-9][0-9]*$ ]]; then
+			echo "$usage" >&2
+			exit 2
+		fi
+		cpus=(--cpus "$2")
+		shift 2
+		;;
+	*)
+		echo "$usage" >&2
+		exit 2
+		;;
+	esac
+done
 
 lab=compare
 workdir=$(mktemp -d)
@@ -71,7 +82,8 @@ fresh() {
 		echo "down: FAILED, see $workdir/down.log" >&2
 		exit 1
 	}
-	step "$key" "$label" python -m kmodlab --lab "$lab" up --inventory "$inventory" "$@"
+	step "$key" "$label" python -m kmodlab --lab "$lab" up --inventory "$inventory" ${cpus[@]+"${cpus[@]}"} "$@"
+	echo "  vCPUs per machine: $(grep -o '[0-9]* vCPU)' "$workdir/$key.log" | sort -u | tr -d ')' | paste -sd,)"
 }
 
 # unchanged KEY: every host of KEY's Ansible recap reports changed=0.
