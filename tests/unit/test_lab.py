@@ -107,13 +107,19 @@ def test_down_removes_the_inventory_it_wrote(tmp_path):
     assert list(lab.dir.iterdir()) == []
 
 
-def test_interrupt_while_a_machine_starts_stops_it(short_tmp, monkeypatch):
-    """A machine counts as started before QEMU is run: an interrupt inside start stops it too."""
+@pytest.fixture
+def fake_image(short_tmp, monkeypatch):
+    """up finds a mirror, an image (kernel k) and TCG without building or probing anything."""
     image = Image(short_tmp / "image")
     monkeypatch.setattr(lab_module, "find_mirror", lambda: "file:///m")
     monkeypatch.setattr(lab_module, "ensure_image", lambda distro, mirror, cache: image)
     monkeypatch.setattr(lab_module, "choose_accel", lambda accel, image, cache: "tcg")
     monkeypatch.setattr(Image, "meta", property(lambda self: {"kernel": "k"}))
+    return image
+
+
+def test_interrupt_while_a_machine_starts_stops_it(short_tmp, monkeypatch, fake_image):
+    """A machine counts as started before QEMU is run: an interrupt inside start stops it too."""
     stopped = []
 
     def start(self, config, image, public_key):
@@ -146,13 +152,8 @@ def test_the_hosts_cores_are_shared_among_the_machines(machines, cores, cpus):
     assert cpus_per_machine(machines, cores) == cpus
 
 
-def test_up_gives_each_machine_its_share_of_the_cores(short_tmp, monkeypatch):
+def test_up_gives_each_machine_its_share_of_the_cores(short_tmp, monkeypatch, fake_image):
     """Without --cpus, up counts the machines it starts: two on a 2-core host get 1 vCPU each."""
-    image = Image(short_tmp / "image")
-    monkeypatch.setattr(lab_module, "find_mirror", lambda: "file:///m")
-    monkeypatch.setattr(lab_module, "ensure_image", lambda distro, mirror, cache: image)
-    monkeypatch.setattr(lab_module, "choose_accel", lambda accel, image, cache: "tcg")
-    monkeypatch.setattr(Image, "meta", property(lambda self: {"kernel": "k"}))
     monkeypatch.setattr(vm_module.os, "cpu_count", lambda: 2)
     started = []
 
