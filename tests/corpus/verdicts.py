@@ -2,9 +2,10 @@
 
 - the reference passes every check on every kernel;
 - a correct variant passes every check of its module and of the whole submission on every kernel;
-- a faulty variant fails the check named for its bug (`build`: it does not compile) on every kernel.
+- a faulty variant fails the check named for its bug (`build`: it does not compile) on every kernel it
+  was graded on.
 
-Used by tests/fleet/test_grade_class.py (a small class, in CI) and bench/grade_corpus.sh (all of it).
+Used by tests/fleet/test_grade_class.py (in CI) and bench/grade_corpus.sh (timings, repeated runs).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ by file name: with --redeploy, those marked `redeploy` run deploy.yml themselves
 repository's module_src, so not while checking a student's module); with --rollout, the rollout
 story (test_rollout.py) on a lab (--lab NAME); with --removal, those marked `removal` run
 remove.yml (with --grading, the grader's removal of a build) and check that nothing is left; with
---grade-class, test_grade_class.py grades a small class with the grader (on a lab, --lab). molecule
+--grade-class, test_grade_class.py grades the corpus as a class with the grader (on a lab, --lab). molecule
 passes all of them.
 
 With --grading (the grader, kmodlab/grade.py, passes it) the tests marked `reference`, which pin choices
@@ -18,7 +18,10 @@ left out, and those marked `grading`
 (which need the kernel log cleared before the deploy) run after the others. Every check has a time limit
 (pytest-timeout; --check-timeout, FLEET_TIMEOUT by default); after a test runs out of time on a host,
 the tests still to come on that host are skipped with the reason, as the host may hang (but the
-`grading` ones, which only read the kernel log, so that it can tell why).
+`grading` ones, which only read the kernel log, so that it can tell why). When grading, after a test
+that failed with the kernel's log saying it crashed (an oops, a BUG), the checks still to come on that
+host are skipped too (they would run into the dead task's locks one by one), but the `grading` ones and
+the removal's, which judge what is left (under their own limit: a hung rmmod then stops the rest).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fleet_helpers import CRASHED, HUNG, kernel_crash
 
 # Opt-in markers, in the order their tests run after the others.
 OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
@@ -38,8 +42,6 @@ NOT_GRADED = ("reference", "installed")
 # their own.
 FLEET_TIMEOUT = 120
 REMOVAL_TIMEOUT = 900
-# Tests that stop after a time-out, by host: hosts[name] = the test that ran out of time there.
-HUNG: dict[str, str] = {}
 # How pytest-timeout's failure message ends.
 TIMED_OUT = "from pytest-timeout"
 
@@ -53,7 +55,7 @@ def pytest_addoption(parser):
         "--grade-class",
         action="store_true",
         dest="grade_class",
-        help="also grade a small class with python -m kmodlab grade (needs a lab: see --lab), after all others",
+        help="also grade tests/corpus with python -m kmodlab grade (needs a lab: see --lab), after all others",
     )
     parser.addoption(
         "--module-src",
@@ -108,8 +110,12 @@ def _host_name(item) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item):
     name = _host_name(item)
-    if name in HUNG and item.get_closest_marker("grading") is None:  # the kernel log is still read
-        pytest.skip(f"not run: {HUNG[name]} ran out of time on {name}, which may hang")
+    if item.get_closest_marker("grading") is not None:  # the kernel log is still read
+        return
+    if name in HUNG:
+        pytest.skip(f"not run: {HUNG[name]}")
+    if name in CRASHED and item.get_closest_marker("removal") is None:
+        pytest.skip(f"not run: {CRASHED[name]}")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -117,10 +123,17 @@ def pytest_runtest_makereport(item, call):
     report = yield
     # A fixture that ran out of time (the removal's rmmod) may hang the host as surely as a check.
     timed_out = TIMED_OUT in str(call.excinfo.value if call.excinfo else "")
-    if call.when in ("setup", "call") and report.failed and timed_out:
-        name = _host_name(item)
-        if name:
-            HUNG.setdefault(name, item.nodeid)
+    name = _host_name(item) if call.when in ("setup", "call") and report.failed else None
+    if not name or name in HUNG:
+        return report
+    if timed_out:
+        HUNG[name] = f"{item.nodeid} ran out of time on {name}, which may hang"
+    elif name not in CRASHED and item.config.getoption("grading") and item.get_closest_marker("grading") is None:
+        # A submission whose module crashed the kernel (the task that hit it died holding its locks) makes
+        # the checks after it hang one by one: the kernel log, cleared before the deploy, tells.
+        crash = kernel_crash(item.funcargs["host"])
+        if crash:
+            CRASHED[name] = f"the kernel crashed on {name} during {item.nodeid} ({crash})"
     return report
 
 
@@ -131,4 +144,4 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "redeploy: runs deploy.yml itself; selected by --redeploy")
     config.addinivalue_line("markers", "rollout: bad releases, stops, reboots, a kernel upgrade; selected by --rollout")
     config.addinivalue_line("markers", "removal: runs remove.yml; selected by --removal")
-    config.addinivalue_line("markers", "grade_class: grades a small class on the lab; selected by --grade-class")
+    config.addinivalue_line("markers", "grade_class: grades the corpus on the lab; selected by --grade-class")

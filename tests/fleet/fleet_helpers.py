@@ -63,6 +63,25 @@ SPLAT = re.compile(
 )
 
 
+# Hosts whose tests stop after a time-out (HUNG[name] = why) or whose checks stop after a crash of the
+# kernel (CRASHED[name] = why): conftest.py fills them in.
+HUNG: dict[str, str] = {}
+CRASHED: dict[str, str] = {}
+
+# What the kernel prints when it killed the task that hit a bug in it (which may have held locks that
+# nothing will release now): an oops, a BUG, a general protection fault, a fortified buffer overflow.
+CRASH = re.compile(r"BUG:|Oops|kernel BUG at|general protection fault|detected buffer overflow")
+
+
+def kernel_crash(host) -> str:
+    """The first kernel log line saying the kernel crashed (CRASH), or '' (also when the log cannot be read)."""
+    try:
+        result = host.run("timeout 20 dmesg")
+    except Exception:  # noqa: BLE001 (a host that does not answer is for the next check to tell)
+        return ""
+    return next((line for line in result.stdout.splitlines() if CRASH.search(line)), "")
+
+
 def splats_in_dmesg(host) -> list[str]:
     """Kernel log lines that say something went wrong in the kernel (SPLAT), in order."""
     return [line for line in host.check_output("dmesg").splitlines() if SPLAT.search(line)]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 CONFTEST = Path(__file__).resolve().parents[1] / "fleet" / "conftest.py"
+# The conftest, copied beside the tests made here, imports the fleet tests' helpers from where they are.
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CONFTEST.parent), os.environ.get("PYTHONPATH", "")]))
 
 
 def collected_order(tmp_path: Path, *options: str) -> list[str]:
@@ -22,7 +25,7 @@ def collected_order(tmp_path: Path, *options: str) -> list[str]:
     (tmp_path / "test_c_more.py").write_text("def test_more(): pass\n")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q", *options, str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, env=ENV,
     )  # fmt: skip
     return [line.split("::")[-1] for line in out.stdout.splitlines() if "::" in line]
 
@@ -46,7 +49,7 @@ def run_in(tmp_path: Path, tests: str, *options: str) -> subprocess.CompletedPro
     (tmp_path / "test_x.py").write_text(tests)
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *options, str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path,
+        capture_output=True, text=True, cwd=tmp_path, env=ENV,
     )  # fmt: skip
 
 
@@ -84,3 +87,43 @@ def test_a_check_that_runs_out_of_time_fails_and_the_rest_on_its_host_are_not_ru
     assert "1 failed, 2 passed, 1 skipped" in out
     assert "PASSED test_x.py::test_c_long" in out  # 2 s, over the checks' limit: not a check
     assert "PASSED test_x.py::test_d_kernel_log" in out  # reading the kernel log still tells why
+
+
+CRASHING_HOST = (
+    "import pytest\n"
+    "class Backend:\n    def get_hostname(self): return 'h1'\n"
+    "class Host:\n"
+    "    backend = Backend()\n"
+    "    def run(self, command):\n"
+    "        class Result: stdout = LOG\n"
+    "        return Result()\n"
+    "LOG = '[ 1.0] hello: loaded\\n[ 2.0] BUG: unable to handle page fault for address: 0\\n'\n"
+    "@pytest.fixture\ndef host(): return Host()\n"
+    "def test_a_passes(host): pass\n"
+    "def test_b_crashes(host): assert False, 'the write was not taken'\n"
+    "def test_c_after(host): pass\n"
+    "@pytest.mark.grading\ndef test_d_kernel_log(host): pass\n"
+    "@pytest.mark.removal\ndef test_e_removed(host): pass\n"
+    "def test_z_reads(host): pass\n"
+)
+
+
+def test_when_grading_a_check_that_failed_with_the_kernel_crashed_stops_the_rest_on_its_host(tmp_path):
+    """The kernel log is read after a failed check only; a crash there skips the checks still to come on that
+    host (they would hang one by one on the dead task's locks), but the kernel log's and the removal's."""
+    out = run_in(tmp_path, CRASHING_HOST, "--grading", "--removal").stdout
+    assert "FAILED test_x.py::test_b_crashes" in out
+    assert (
+        "not run: the kernel crashed on h1 during test_x.py::test_b_crashes "
+        "([ 2.0] BUG: unable to handle page fault for address: 0)"
+    ) in out
+    assert "PASSED test_x.py::test_c_after" not in out and "PASSED test_x.py::test_z_reads" not in out
+    assert "PASSED test_x.py::test_d_kernel_log" in out  # the kernel log tells what happened
+    assert "PASSED test_x.py::test_e_removed" in out  # and the removal judges what is left
+    assert "1 failed, 3 passed, 2 skipped" in out  # c and z
+
+
+def test_a_failed_check_outside_grading_does_not_stop_the_others(tmp_path):
+    """Deployed by deploy.yml, the kernel log is not the submission's alone: the checks go on."""
+    out = run_in(tmp_path, CRASHING_HOST, "--removal").stdout
+    assert "1 failed, 4 passed" in out and "skipped" not in out

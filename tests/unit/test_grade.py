@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
+import threading
 import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 import yaml
@@ -119,9 +122,8 @@ def test_a_compile_error_is_reported_by_its_first_errors():
 
 
 def grader(tmp_path, **options):
-    args = argparse.Namespace(
-        inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), allow_any_inventory=False, limit="", **options
-    )
+    defaults = {"allow_any_inventory": False, "limit": "", "one_kernel_each": False}
+    args = argparse.Namespace(inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), **defaults | options)
     g = Grader(args, Lab("unit", home=tmp_path / "labs"))
     g.catalogue = checks_of(NODEIDS, PARTS, "deb-12")
     return g
@@ -373,3 +375,61 @@ def test_a_kernel_not_graded_yet_leaves_its_cell_blank():
     page = markdown(rows)
     assert "| a | 3 / 3 |  |" in page
     assert "| b |  | 3 / 3 |" in page
+
+
+def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
+    """Each lab machine powers off, keeps its disk and boots again; they do so side by side (a boot is
+    mostly waiting), and a host that is not a lab machine is not saved."""
+    g = grader(tmp_path)
+    g.names, g.lab_machines = ["deb-12", "deb-13", "prod1"], {"deb-12", "deb-13"}
+    releases = {"deb-12": "6.1.0-1-amd64", "deb-13": "6.12.1-amd64", "prod1": "6.1.0-1-amd64"}
+
+    def playbook(args, timeout=3600):
+        report = next(a.split("=", 1)[1] for a in args if a.startswith("kmodlab_grade_report="))
+        Path(report).write_text(json.dumps(releases))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    both_saving = threading.Barrier(2, timeout=10)
+    saved = []
+
+    def save(self, name):
+        both_saving.wait()  # broken (and raising) if the other machine's save does not start meanwhile
+        saved.append(name)
+
+    monkeypatch.setattr(g, "playbook", playbook)
+    monkeypatch.setattr(Lab, "write_known_hosts", lambda self: None)
+    monkeypatch.setattr(Lab, "save", save)
+    g.prepare()
+    assert sorted(saved) == ["deb-12", "deb-13"]
+    assert [(h.name, h.kernel, h.restorable) for h in g.hosts] == [
+        ("deb-12", "6.1.0-1-amd64", True),
+        ("deb-13", "6.12.1-amd64", True),
+        ("prod1", "6.1.0-1-amd64", False),
+    ]
+
+
+@pytest.mark.parametrize("one_kernel_each", [False, True])
+def test_each_submission_is_graded_on_every_kernel_or_with_one_kernel_each_on_one_in_turn(
+    tmp_path, monkeypatch, one_kernel_each
+):
+    """Every kernel's hosts share its queue; --one-kernel-each gives the n-th submission the n-th kernel only."""
+    g = grader(tmp_path, one_kernel_each=one_kernel_each)
+    g.hosts = [Host("a12", "6.1"), Host("b12", "6.1"), Host("c13", "6.12")]
+    graded = []
+
+    def grade_one(job, host):
+        graded.append((job.submission.name, job.kernel, host.kernel))
+        return []
+
+    monkeypatch.setattr(g, "grade_one", grade_one)
+    submissions = [Submission(name, tmp_path, ["hello"]) for name in ("ann", "bob", "cy")]
+    jobs = g.grade(submissions)
+    assert all(kernel == on for _name, kernel, on in graded)
+    wanted = (
+        [("ann", "6.1"), ("bob", "6.12"), ("cy", "6.1")]
+        if one_kernel_each
+        else [(name, kernel) for name in ("ann", "bob", "cy") for kernel in ("6.1", "6.12")]
+    )
+    assert sorted((job.submission.name, job.kernel) for job in jobs) == sorted(wanted)
+    assert sorted(name_kernel[:2] for name_kernel in graded) == sorted(wanted)
+    assert g.done == 3  # each submission counted once, when its last kernel is done
