@@ -59,7 +59,22 @@ BUILD = "build"
 DEFAULT_CHECK_TIMEOUT = 90
 DEPLOY_SLACK = 300
 TIMED_OUT = "from pytest-timeout"
+# What a word the grader gives Ansible (-e) or pytest may hold: ansible-core templates extra vars, so a
+# `{{` in one runs on the controller. Every such word is the grader's own (ids, numbers, paths under
+# --out); this is checked, not assumed.
+SAFE_WORD = re.compile(r"[A-Za-z0-9_./@+=,:-]+")
 HUNG = "ran out of time"
+
+
+def safe(word: object) -> str:
+    """WORD as text, if it is safe to give Ansible or pytest (SAFE_WORD); else a LabError."""
+    text = str(word)
+    if not SAFE_WORD.fullmatch(text):
+        raise LabError(
+            f"refusing to pass {text[:200]!r} to Ansible: it holds characters other than letters, digits and "
+            "_ . / @ + = , : - (Ansible would template it). Give --out (and the repository) a plain path"
+        )
+    return text
 
 
 def use_our_part1_harness(root: Path) -> None:
@@ -93,6 +108,7 @@ class Verdict:
     verdict: str  # pass, fail, missing, error
     reason: str = ""
     seconds: float = 0.0
+    submission: str = ""  # the grader's id of the submission: its directory in raw/ and in submissions/
 
 
 @dataclass
@@ -196,8 +212,9 @@ class Grader:
         self.args = args
         self.lab = lab
         self.inventory = Path(args.inventory or DEFAULT_INVENTORY).resolve()
-        self.out = Path(args.out).resolve()
+        self.out = Path(safe(Path(args.out).resolve()))
         self.raw = self.out / "raw"
+        safe(REPO)
         self.parts = part_names()
         self.bin = Path(sys.executable).parent
         # Ansible's and pytest's programs from this Python's environment, first: testinfra runs ansible-inventory.
@@ -261,7 +278,7 @@ class Grader:
                 "-e",
                 "kmodlab_action=grade_prepare",
                 "-e",
-                f"kmodlab_grade_report={releases_file}",
+                f"kmodlab_grade_report={safe(releases_file)}",
             ]
         )
         if result.returncode != 0 or not releases_file.is_file():
@@ -345,7 +362,7 @@ class Grader:
             return self.all_checks(job, "error", f"refused: {submission.refused}", host)
         if not submission.parts:
             return self.all_checks(job, "missing", f"no {', '.join(p + '/' for p in self.parts)} in it", host)
-        raw = self.raw / submission.name
+        raw = self.raw / submission.id
         raw.mkdir(parents=True, exist_ok=True)
         record_file = raw / f"{host.name}.deploy.json"
         record_file.unlink(missing_ok=True)
@@ -354,14 +371,7 @@ class Grader:
             [
                 "--limit", host.name,
                 "-e", "kmodlab_action=grade",
-                "-e", json.dumps({
-                    "kmodlab_src_root": str(submission.root),
-                    "kmodlab_grade_parts": submission.parts,
-                    "kmodlab_grade_report": str(record_file),
-                    "kmodlab_grade_clean_first": host.clean_first,
-                    "kmodlab_grade_build_timeout": self.args.build_timeout,
-                    "kmodlab_grade_load_timeout": self.args.load_timeout,
-                }),
+                "-e", json.dumps(self.job_vars(submission, record_file, host)),
             ],
             timeout=self.args.build_timeout * len(submission.parts) + DEPLOY_SLACK,
         )  # fmt: skip
@@ -380,8 +390,9 @@ class Grader:
         started = time.monotonic()
         checked = self.run(
             [
-                self.bin / "pytest", "-q", "-rA", f"--junitxml={junit}", "-o", f"junit_suite_name={submission.name}",
-                *self.pytest_options(host.name), f"--module-src={submission.root}", *nodeids,
+                self.bin / "pytest", "-q", "-rA", f"--junitxml={junit}",
+                "-o", f"junit_suite_name={safe(submission.id)}",
+                *self.pytest_options(host.name), f"--module-src={safe(submission.root)}", *nodeids,
             ],
             timeout=self.args.check_timeout * len(nodeids) + DEPLOY_SLACK,
         )  # fmt: skip
@@ -397,6 +408,17 @@ class Grader:
         else:
             host.clean_first = False
         return verdicts
+
+    def job_vars(self, submission, record_file: Path, host: Host) -> dict:
+        """The extra vars of one job's deploy: the grader's own words only (safe), never a student's."""
+        return {
+            "kmodlab_src_root": safe(submission.root),
+            "kmodlab_grade_parts": [safe(part) for part in submission.parts],
+            "kmodlab_grade_report": safe(record_file),
+            "kmodlab_grade_clean_first": host.clean_first,
+            "kmodlab_grade_build_timeout": int(self.args.build_timeout),
+            "kmodlab_grade_load_timeout": int(self.args.load_timeout),
+        }
 
     def nodeids_for(self, host: Host, submission, record: dict) -> list[str]:
         """The fleet tests to run: those of each part that loaded (Part I: that is there), and the whole's."""
@@ -422,7 +444,9 @@ class Grader:
         verdicts = []
         for part, checks in self.catalogue.items():
             for check in checks:
-                verdict = Verdict(submission.name, job.kernel, host.name, part, check, "error")
+                verdict = Verdict(
+                    submission.name, job.kernel, host.name, part, check, "error", submission=submission.id
+                )
                 done = record.get(part, {})
                 if part != WHOLE and part not in submission.parts:
                     verdict.verdict, verdict.reason = "missing", f"no {part}/ in the submission"
@@ -476,7 +500,7 @@ class Grader:
     def all_checks(self, job: Job, verdict: str, reason: str, host: Host | None = None) -> list[Verdict]:
         name = host.name if host else ""
         return [
-            Verdict(job.submission.name, job.kernel, name, part, check, verdict, reason)
+            Verdict(job.submission.name, job.kernel, name, part, check, verdict, reason, submission=job.submission.id)
             for part, checks in self.catalogue.items()
             for check in checks
         ]
@@ -610,9 +634,10 @@ def add_grade_parser(sub) -> None:
 
 def grade_command(args: argparse.Namespace, lab: Lab) -> int:
     from kmodlab import reports
-    from kmodlab.submissions import stage
+    from kmodlab.submissions import refuse_inside, stage
 
     grader = Grader(args, lab)
+    refuse_inside(args.submissions, grader.out)
     grader.check_inventory()
     rubric = reports.load_rubric(args.rubric)
     submissions = stage(args.submissions.resolve(), grader.out / "submissions", grader.parts)

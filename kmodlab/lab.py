@@ -11,10 +11,12 @@ By default its machines fetch packages through the package cache (kmodlab.cache)
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import subprocess
+import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -62,10 +64,30 @@ INVENTORY_RECORD = "inventory-path"  # in the lab directory: where up wrote the 
 
 
 def write_atomically(path: Path, text: str) -> None:
-    """Replace PATH's content at once: an ssh starting meanwhile reads the old file or the new, never half."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    partial.replace(path)
+    """Replace PATH's content at once: an ssh starting meanwhile reads the old file or the new, never half.
+
+    The new content goes to a file of this call's own first (saves and restores run side by side)."""
+    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        Path(partial).chmod(0o644)
+        Path(partial).replace(path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on PATH (made if need be) while the block runs, against other threads and processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def labs_home() -> Path:
@@ -387,7 +409,7 @@ class Lab:
                 inventory.unlink()
             elif inventory.exists():
                 say(f"left {inventory}: it was not written by this lab (any more)")
-        for path in (self.known_hosts, self.ssh_config, record):
+        for path in (self.known_hosts, self.ssh_config, record, self.dir / ".known_hosts.lock"):
             path.unlink(missing_ok=True)
 
     def write_ssh_config(self) -> None:
@@ -397,12 +419,13 @@ class Lab:
 
     def write_known_hosts(self) -> None:
         """Write known_hosts anew: the key each running machine announced on its console at boot."""
-        keys = {}
-        for vm in self.vms():
-            key = vm.host_key() if vm.running() else None
-            if key:
-                keys[vm.config.port] = key
-        write_atomically(self.known_hosts, known_hosts_lines(keys))
+        with locked(self.dir / ".known_hosts.lock"):  # read and write as one: the last writer saw every key
+            keys = {}
+            for vm in self.vms():
+                key = vm.host_key() if vm.running() else None
+                if key:
+                    keys[vm.config.port] = key
+            write_atomically(self.known_hosts, known_hosts_lines(keys))
 
     def _start(
         self,

@@ -4,7 +4,9 @@ testsuite per submission, one testcase per kernel and check), a Markdown page an
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections import defaultdict
 from dataclasses import asdict
@@ -13,9 +15,31 @@ from pathlib import Path
 import yaml
 
 from kmodlab import LabError
+from kmodlab.progress import say
 
 DEFAULT_RUBRIC = Path(__file__).with_name("rubric.yml")
 VERDICTS = ("pass", "fail", "missing", "error")
+# What a reason may hold in a report: the rest is in raw/ (the deploy's and the checks' logs).
+REASON_CHARS = 2000
+# Characters no report shows as they are: C0 and C1 controls (escape sequences) but tab and newline,
+# and what XML 1.0 cannot hold (surrogates left by undecodable bytes, U+FFFE, U+FFFF).
+UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# Markdown's own characters, escaped with a backslash in a table cell (HTML's are made entities first).
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~!])")
+
+
+def clean(text: str, limit: int = REASON_CHARS) -> str:
+    """TEXT (which may hold what a submission printed) with no control characters, cut to LIMIT characters."""
+    text = UNSHOWABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else "?", str(text))
+    if len(text) > limit:
+        text = text[:limit] + f"... (cut: {len(text)} characters; the whole text is in raw/)"
+    return text
+
+
+def markdown_cell(text: str) -> str:
+    """TEXT shown as plain text in a Markdown table cell: HTML escaped, Markdown's characters escaped."""
+    escaped = MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean(text), quote=False))
+    return escaped.replace("\n", "<br>")
 
 
 class Rubric:
@@ -71,7 +95,7 @@ def junit(rows: list[dict]) -> ET.ElementTree:
         suite = ET.SubElement(
             suites,
             "testsuite",
-            name=student,
+            name=clean(student, 200),
             tests=str(len(cases)),
             failures=str(sum(c["verdict"] == "fail" for c in cases)),
             errors=str(sum(c["verdict"] == "error" for c in cases)),
@@ -81,17 +105,18 @@ def junit(rows: list[dict]) -> ET.ElementTree:
             element = ET.SubElement(
                 suite,
                 "testcase",
-                classname=f"{student}.{case['kernel']}.{case['part']}",
-                name=case["check"],
+                classname=clean(f"{student}.{case['kernel']}.{case['part']}", 300),
+                name=clean(case["check"], 300),
                 time=f"{case['seconds']:.3f}",
             )
+            reason = clean(case["reason"])
             if case["verdict"] == "fail":
-                ET.SubElement(element, "failure", message=case["reason"].splitlines()[0] if case["reason"] else "")
-                element[-1].text = case["reason"]
+                ET.SubElement(element, "failure", message=reason.splitlines()[0] if reason else "")
+                element[-1].text = reason
             elif case["verdict"] == "error":
-                ET.SubElement(element, "error", message=case["reason"])
+                ET.SubElement(element, "error", message=reason)
             elif case["verdict"] == "missing":
-                ET.SubElement(element, "skipped", message=f"missing: {case['reason']}")
+                ET.SubElement(element, "skipped", message=f"missing: {reason}")
             ET.SubElement(element, "properties").append(
                 ET.Element("property", name="points", value=f"{case['points']:g}/{case['max_points']:g}")
             )
@@ -107,18 +132,24 @@ def markdown(rows: list[dict]) -> str:
     for student in students:
         scores = [sums.get((student, kernel)) for kernel in kernels]  # None: not graded there (yet)
         cells = [f"{score[0]:g} / {score[1]:g}" if score else "" for score in scores]
-        lines.append(f"| {student} | " + " | ".join(cells) + " |")
+        lines.append(f"| {markdown_cell(student)} | " + " | ".join(cells) + " |")
     for student in students:
-        lines += ["", f"## {student}", "", "| kernel | part | check | verdict | reason |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {markdown_cell(student)}",
+            "",
+            "| kernel | part | check | verdict | reason |",
+            "|---|---|---|---|---|",
+        ]
         mine = [row for row in rows if row["student"] == student]
         missing = {(row["kernel"], row["part"]) for row in mine if row["verdict"] == "missing"}
         for kernel, part in sorted(missing):
             reason = next(r["reason"] for r in mine if (r["kernel"], r["part"]) == (kernel, part))
-            lines.append(f"| {kernel} | {part} | (all its checks) | missing | {reason} |")
+            lines.append(f"| {kernel} | {part} | (all its checks) | missing | {markdown_cell(reason)} |")
         for row in mine:
             if row["verdict"] not in ("pass", "missing"):
-                reason = row["reason"].replace("|", "\\|").replace("\n", "<br>")
-                lines.append(f"| {row['kernel']} | {row['part']} | {row['check']} | {row['verdict']} | {reason} |")
+                cells = (row["kernel"], row["part"], row["check"], row["verdict"], row["reason"])
+                lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + " |")
         passed = sum(row["verdict"] == "pass" for row in mine)
         lines += ["", f"Every other check passed ({passed} in all)."]
     return "\n".join(lines) + "\n"
@@ -131,26 +162,45 @@ def table(verdicts: list, rubric: Rubric) -> str:
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(VERDICTS, 0))
     for row in rows:
         counts[(row["student"], row["kernel"])][row["verdict"]] += 1
-    width = max([len("submission"), *(len(s) for s, _ in sums)])
+    width = min(40, max([len("submission"), *(len(clean(s, 40)) for s, _ in sums)]))
     lines = [f"{'submission':{width}}  {'kernel':24} {'points':>13}  " + " ".join(f"{v:>7}" for v in VERDICTS)]
     for (student, kernel), (got, of) in sums.items():
         c = counts[(student, kernel)]
         counted = " ".join(f"{c[v]:>7}" for v in VERDICTS)
-        lines.append(f"{student:{width}}  {kernel:24} {got:>6g} / {of:<4g}  {counted}")
+        lines.append(f"{clean(student, 40):{width}}  {kernel:24} {got:>6g} / {of:<4g}  {counted}")
     return "\n".join(lines)
 
 
 def write_all(verdicts: list, rubric: Rubric, out: Path, timings: dict[tuple[str, str], dict]) -> list[Path]:
-    """Write grades.json, junit.xml and grades.md to OUT; TIMINGS: seconds per (student, kernel), by phase."""
-    rows = scored(verdicts, rubric)
+    """Write grades.json, junit.xml and grades.md to OUT; TIMINGS: seconds per (student, kernel), by phase.
+
+    Reasons are cleaned and cut (clean) in every report. Each report is written on its own (to a new
+    file, then moved over the old): one that cannot be written is said, and the others still are."""
+    rows = [dict(row, reason=clean(row["reason"])) for row in scored(verdicts, rubric)]
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "grades.json", out / "junit.xml", out / "grades.md"]
     sums = totals(rows)
     summary = [
         {"student": s, "kernel": k, "points": got, "max_points": of, "seconds": timings.get((s, k), {})}
         for (s, k), (got, of) in sums.items()
     ]
-    paths[0].write_text(json.dumps({"summary": summary, "checks": rows}, indent=2) + "\n")
-    junit(rows).write(paths[1], encoding="utf-8", xml_declaration=True)
-    paths[2].write_text(markdown(rows))
-    return paths
+
+    def write_junit(path: Path) -> None:
+        junit(rows).write(path, encoding="utf-8", xml_declaration=True)
+
+    writers = {
+        "grades.json": lambda path: path.write_text(json.dumps({"summary": summary, "checks": rows}, indent=2) + "\n"),
+        "junit.xml": write_junit,
+        "grades.md": lambda path: path.write_text(markdown(rows)),
+    }
+    written = []
+    for name, writer in writers.items():
+        path = out / name
+        partial = out / f".{name}.partial"
+        try:
+            writer(partial)
+            partial.replace(path)
+            written.append(path)
+        except Exception as err:  # noqa: BLE001 (one report lost must not cost the others)
+            say(f"could not write {path}: {err}")
+            partial.unlink(missing_ok=True)
+    return written

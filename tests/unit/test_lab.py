@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 
 import pytest
 
@@ -11,7 +12,7 @@ from kmodlab import lab as lab_module
 from kmodlab import vm as vm_module
 from kmodlab.cli import main, parser
 from kmodlab.images import Image
-from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec
+from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec, write_atomically
 from kmodlab.ssh import INVENTORY_HEADER
 from kmodlab.vm import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, Vm, VmConfig, cpus_per_machine
 
@@ -170,3 +171,25 @@ def test_up_gives_each_machine_its_share_of_the_cores(short_tmp, monkeypatch, fa
     with pytest.raises(KeyboardInterrupt):
         Lab("v", home=short_tmp).up([VmSpec.parse("debian12")], cpus=3, package_cache=False)
     assert started == [1, 2, 3]
+
+
+def test_files_written_side_by_side_do_not_collide(tmp_path):
+    """Saves and restores run in threads, each rewriting ssh_config: one thread's write never takes another's file."""
+    target = tmp_path / "ssh_config"
+    errors = []
+
+    def write_many(mark: str) -> None:
+        try:
+            for _ in range(300):
+                write_atomically(target, mark * 1000)
+        except OSError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=write_many, args=(str(i),)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(target.read_text())) == 1  # one writer's whole text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ssh_config"]

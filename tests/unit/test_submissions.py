@@ -36,7 +36,7 @@ def test_directories_give_their_parts_and_missing_ones_are_left_out(tmp_path):
     assert got["alice"].parts == ["my_timer", "hello"]
     assert got["bob"].parts == ["syscalls"]
     assert (got["alice"].root / "my_timer" / "my_timer.c").read_text() == "x"
-    assert got["alice"].root == tmp_path / "out" / "alice"
+    assert got["alice"].root == tmp_path / "out" / got["alice"].id / "files" == tmp_path / "out" / "s0001" / "files"
 
 
 def tar_with(path, members):
