@@ -35,7 +35,10 @@ from pathlib import Path
 import yaml
 
 from kmodlab import LabError
+from kmodlab.build import BuildRoot, build_module, ensure_build_root
+from kmodlab.distros import get_distro
 from kmodlab.lab import ADDRESS, DEFAULT_INVENTORY, Lab
+from kmodlab.mirror import find_mirror
 from kmodlab.progress import say
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,6 +121,7 @@ class Host:
     restorable: bool = False
     clean_first: bool = False
     out_of_service: str = ""
+    distro: str = ""  # a lab machine's distribution: the build root its modules are built in
 
 
 @dataclass
@@ -285,14 +289,64 @@ class Grader:
             (self.raw / "prepare.log").write_text(result.stdout + result.stderr)
             raise LabError(f"preparing the hosts failed; see {self.raw / 'prepare.log'}:\n{result.stdout[-2000:]}")
         releases = json.loads(releases_file.read_text())
-        self.hosts = [Host(name, releases[name], restorable=name in self.lab_machines) for name in names]
-        # The machines power off, keep their disks and boot again at once: a boot is mostly waiting.
-        with ThreadPoolExecutor(max_workers=len(self.hosts)) as pool:
+        distros = {vm.name: vm.config.distro for vm in self.lab.vms()}
+        self.hosts = [
+            Host(name, releases[name], restorable=name in self.lab_machines, distro=distros.get(name, ""))
+            for name in names
+            if name in self.lab_machines
+        ] + [Host(name, releases[name]) for name in names if name not in self.lab_machines]
+        self.hosts.sort(key=lambda h: h.name)
+        # The machines power off, keep their disks and boot again at once: a boot is mostly waiting. Meanwhile
+        # the build roots are made (mmdebstrap, on the controller).
+        with ThreadPoolExecutor(max_workers=len(self.hosts) + 2) as pool:
             saves = [pool.submit(self.lab.save, host.name) for host in self.hosts if host.restorable]
-        for save in saves:
-            save.result()
+            self.make_build_roots(pool)
+            for save in saves:
+                save.result()
         kernels = sorted({h.kernel for h in self.hosts})
         say(f"kernels: {', '.join(kernels)}; hosts: {', '.join(f'{h.name} ({h.kernel})' for h in self.hosts)}")
+
+    def make_build_roots(self, pool: ThreadPoolExecutor) -> None:
+        """The build root of each kernel release the lab's machines run (--build-on controller): kbuild on the
+        controller, in a sandbox. A release with no build root (not a lab machine's, or its headers are not on
+        the mirror any more) is built in the machines, as --build-on machine does."""
+        self.build_roots: dict[str, BuildRoot] = {}
+        if self.args.build_on != "controller":
+            return
+        wanted = {(h.distro, h.kernel) for h in self.hosts if h.distro}
+        mirror = find_mirror()
+        made = {pair: pool.submit(ensure_build_root, get_distro(pair[0]), pair[1], mirror) for pair in sorted(wanted)}
+        for (distro, kernel), future in made.items():
+            try:
+                self.build_roots[kernel] = future.result()
+            except LabError as err:
+                say(f"kernel {kernel}: no {distro} build root ({err}); its modules are built in the machines")
+        for host in self.hosts:
+            if host.kernel not in self.build_roots:
+                say(f"{host.name}: kernel {host.kernel}: modules are built in the machine")
+
+    def build_parts(self, job: Job, host: Host, raw: Path) -> tuple[Path | None, dict[str, dict]]:
+        """Build the submission's modules for JOB's kernel on the controller, if it has a build root: the
+        directory holding <part>/<part>.ko of those that built (None: build in the machine), and the record
+        of each that did not (as the machine's build would say it)."""
+        root = self.build_roots.get(job.kernel)
+        if root is None:
+            return None, {}
+        started = time.monotonic()
+        builds = raw / f"{host.name}.builds"
+        failed = {}
+        for part in job.submission.parts:
+            if part == SYSCALLS:
+                continue
+            built = build_module(root, job.submission.root / part, part, self.args.build_timeout)
+            (raw / f"{host.name}.{part}.build.log").write_text(built.log)
+            if built.module is None:
+                failed[part] = {"ok": False, "msg": built.message}
+                continue
+            (builds / part).mkdir(parents=True, exist_ok=True)
+            (builds / part / f"{part}.ko").write_bytes(built.module)
+        job.phases["build"] = round(time.monotonic() - started, 1)
+        return builds, failed
 
     def collect(self) -> None:
         """The checks, as the fleet tests name them (collected once, for the first host)."""
@@ -366,12 +420,13 @@ class Grader:
         raw.mkdir(parents=True, exist_ok=True)
         record_file = raw / f"{host.name}.deploy.json"
         record_file.unlink(missing_ok=True)
+        builds, failed = self.build_parts(job, host, raw)
         started = time.monotonic()
         deployed = self.playbook(
             [
                 "--limit", host.name,
                 "-e", "kmodlab_action=grade",
-                "-e", json.dumps(self.job_vars(submission, record_file, host)),
+                "-e", json.dumps(self.job_vars(submission, record_file, host, builds, failed)),
             ],
             timeout=self.args.build_timeout * len(submission.parts) + DEPLOY_SLACK,
         )  # fmt: skip
@@ -383,7 +438,7 @@ class Grader:
             return self.all_checks(
                 job, "error", f"the host {why} while the submission was built and loaded; see {raw}", host
             )
-        record = json.loads(record_file.read_text())["parts"]
+        record = dict(json.loads(record_file.read_text())["parts"], **failed)
         nodeids = self.nodeids_for(host, submission, record)
         junit = raw / f"{host.name}.junit.xml"
         junit.unlink(missing_ok=True)
@@ -409,11 +464,15 @@ class Grader:
             host.clean_first = False
         return verdicts
 
-    def job_vars(self, submission, record_file: Path, host: Host) -> dict:
-        """The extra vars of one job's deploy: the grader's own words only (safe), never a student's."""
+    def job_vars(
+        self, submission, record_file: Path, host: Host, builds: Path | None = None, failed: dict | None = None
+    ) -> dict:
+        """The extra vars of one job's deploy: the grader's own words only (safe), never a student's. BUILDS:
+        the controller's builds of the modules (none: built on the host); FAILED: parts that did not build."""
         return {
             "kmodlab_src_root": safe(submission.root),
-            "kmodlab_grade_parts": [safe(part) for part in submission.parts],
+            "kmodlab_grade_parts": [safe(part) for part in submission.parts if part not in (failed or {})],
+            "kmodlab_grade_prebuilt_root": safe(builds) if builds else "",
             "kmodlab_grade_report": safe(record_file),
             "kmodlab_grade_clean_first": host.clean_first,
             "kmodlab_grade_build_timeout": int(self.args.build_timeout),
@@ -626,6 +685,13 @@ def add_grade_parser(sub) -> None:
         "--one-kernel-each",
         action="store_true",
         help="grade each submission on one kernel only, the kernels in turn: a first pass in 1/K of the time",
+    )
+    grade.add_argument(
+        "--build-on",
+        choices=("controller", "machine"),
+        default="controller",
+        help="where modules are built: on the controller in a sandbox, in a build root of each lab machine's "
+        "distribution and kernel (default; other hosts build in the machine), or in the machines",
     )
     grade.add_argument("--build-timeout", type=int, default=120, help="seconds one module's build may take")
     grade.add_argument("--load-timeout", type=int, default=30, help="seconds one insmod or rmmod may take")

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
 	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
 	make gcc libc6-dev binutils strace perl xz-utils python3-venv
-	linux-headers-amd64 linux-source apt-cacher-ng socat
+	linux-headers-amd64 linux-source apt-cacher-ng socat bubblewrap
 )
 SUDO=()
 [ "$(id -u)" -eq 0 ] || SUDO=(sudo)

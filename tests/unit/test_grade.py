@@ -122,7 +122,7 @@ def test_a_compile_error_is_reported_by_its_first_errors():
 
 
 def grader(tmp_path, **options):
-    defaults = {"allow_any_inventory": False, "limit": "", "one_kernel_each": False}
+    defaults = {"allow_any_inventory": False, "limit": "", "one_kernel_each": False, "build_on": "machine"}
     args = argparse.Namespace(inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), **defaults | options)
     g = Grader(args, Lab("unit", home=tmp_path / "labs"))
     g.catalogue = checks_of(NODEIDS, PARTS, "deb-12")
@@ -379,8 +379,9 @@ def test_a_kernel_not_graded_yet_leaves_its_cell_blank():
 
 def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
     """Each lab machine powers off, keeps its disk and boots again; they do so side by side (a boot is
-    mostly waiting), and a host that is not a lab machine is not saved."""
-    g = grader(tmp_path)
+    mostly waiting), and a host that is not a lab machine is not saved. Meanwhile a build root is made
+    for each lab machine's distribution and kernel; a host that is not a lab machine builds on itself."""
+    g = grader(tmp_path, build_on="controller")
     g.names, g.lab_machines = ["deb-12", "deb-13", "prod1"], {"deb-12", "deb-13"}
     releases = {"deb-12": "6.1.0-1-amd64", "deb-13": "6.12.1-amd64", "prod1": "6.1.0-1-amd64"}
 
@@ -399,8 +400,24 @@ def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
     monkeypatch.setattr(g, "playbook", playbook)
     monkeypatch.setattr(Lab, "write_known_hosts", lambda self: None)
     monkeypatch.setattr(Lab, "save", save)
+    machines = {"deb-12": "debian12", "deb-13": "debian13"}
+    vms = [argparse.Namespace(name=name, config=argparse.Namespace(distro=d)) for name, d in machines.items()]
+    monkeypatch.setattr(Lab, "vms", lambda self: vms)
+    monkeypatch.setattr("kmodlab.grade.find_mirror", lambda: "http://mirror.example/debian")
+    roots = []
+
+    def build_root(distro, release, mirror):
+        roots.append((distro.name, release, mirror))
+        return f"root of {release}"
+
+    monkeypatch.setattr("kmodlab.grade.ensure_build_root", build_root)
     g.prepare()
     assert sorted(saved) == ["deb-12", "deb-13"]
+    assert sorted(roots) == [
+        ("debian12", "6.1.0-1-amd64", "http://mirror.example/debian"),
+        ("debian13", "6.12.1-amd64", "http://mirror.example/debian"),
+    ]
+    assert g.build_roots == {"6.1.0-1-amd64": "root of 6.1.0-1-amd64", "6.12.1-amd64": "root of 6.12.1-amd64"}
     assert [(h.name, h.kernel, h.restorable) for h in g.hosts] == [
         ("deb-12", "6.1.0-1-amd64", True),
         ("deb-13", "6.12.1-amd64", True),
