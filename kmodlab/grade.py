@@ -122,6 +122,7 @@ class Host:
     clean_first: bool = False
     out_of_service: str = ""
     distro: str = ""  # a lab machine's distribution: the build root its modules are built in
+    fresh: bool = False  # a lab machine as its snapshot holds it: no job ran on it since
 
 
 @dataclass
@@ -271,7 +272,41 @@ class Grader:
             # The host keys the machines announced, again: a run interrupted in a restore leaves a
             # machine booted whose key was never written down.
             self.lab.write_known_hosts()
-        names = self.names
+        # A lab machine still isolated on the boot an earlier run prepared is as that run left it: its
+        # snapshot is loaded, and it is not prepared again.
+        kept = {name: self.lab.prepared_for_grading(name) for name in self.names if name in self.lab_machines}
+        kept = {name: info["kernel"] for name, info in kept.items() if info.get("kernel")}
+        for name in kept:
+            say(f"{name}: prepared by an earlier run; back to its snapshot in {self.lab.fresh(name):.1f}s")
+        names = [name for name in self.names if name not in kept]
+        releases = dict(kept)
+        if names:
+            releases.update(self.prepare_play(names))
+        distros = {vm.name: vm.config.distro for vm in self.lab.vms()}
+        self.hosts = [
+            Host(name, releases[name], restorable=name in self.lab_machines, distro=distros.get(name, ""))
+            for name in self.names
+            if name in self.lab_machines
+        ] + [Host(name, releases[name]) for name in self.names if name not in self.lab_machines]
+        self.hosts.sort(key=lambda h: h.name)
+        # The machines power off and boot again isolated at once (a boot is mostly waiting), and keep their
+        # running state as the snapshot each job starts from. Meanwhile the build roots are made (mmdebstrap).
+        with ThreadPoolExecutor(max_workers=len(self.hosts) + 2) as pool:
+            saves = [
+                pool.submit(self.lab.prepare_grading, host.name, kernel=host.kernel)
+                for host in self.hosts
+                if host.restorable and host.name not in kept
+            ]
+            self.make_build_roots(pool)
+            for save in saves:
+                save.result()
+        for host in self.hosts:
+            host.fresh = host.restorable
+        kernels = sorted({h.kernel for h in self.hosts})
+        say(f"kernels: {', '.join(kernels)}; hosts: {', '.join(f'{h.name} ({h.kernel})' for h in self.hosts)}")
+
+    def prepare_play(self, names: list[str]) -> dict[str, str]:
+        """Run the preparation (playbooks/grade.yml, grade_prepare) on NAMES; each one's kernel release."""
         releases_file = self.raw / "releases.json"
         releases_file.unlink(missing_ok=True)
         say(f"preparing {len(names)} host(s): build packages, kernel release")
@@ -288,23 +323,7 @@ class Grader:
         if result.returncode != 0 or not releases_file.is_file():
             (self.raw / "prepare.log").write_text(result.stdout + result.stderr)
             raise LabError(f"preparing the hosts failed; see {self.raw / 'prepare.log'}:\n{result.stdout[-2000:]}")
-        releases = json.loads(releases_file.read_text())
-        distros = {vm.name: vm.config.distro for vm in self.lab.vms()}
-        self.hosts = [
-            Host(name, releases[name], restorable=name in self.lab_machines, distro=distros.get(name, ""))
-            for name in names
-            if name in self.lab_machines
-        ] + [Host(name, releases[name]) for name in names if name not in self.lab_machines]
-        self.hosts.sort(key=lambda h: h.name)
-        # The machines power off, keep their disks and boot again at once: a boot is mostly waiting. Meanwhile
-        # the build roots are made (mmdebstrap, on the controller).
-        with ThreadPoolExecutor(max_workers=len(self.hosts) + 2) as pool:
-            saves = [pool.submit(self.lab.save, host.name) for host in self.hosts if host.restorable]
-            self.make_build_roots(pool)
-            for save in saves:
-                save.result()
-        kernels = sorted({h.kernel for h in self.hosts})
-        say(f"kernels: {', '.join(kernels)}; hosts: {', '.join(f'{h.name} ({h.kernel})' for h in self.hosts)}")
+        return json.loads(releases_file.read_text())
 
     def make_build_roots(self, pool: ThreadPoolExecutor) -> None:
         """The build root of each kernel release the lab's machines run (--build-on controller): kbuild on the
@@ -385,6 +404,13 @@ class Grader:
             worker.start()
         for worker in workers:
             worker.join()
+        for host in self.hosts:  # the lab is left as prepared, not with the last submission loaded
+            if host.restorable and not host.fresh and not host.out_of_service:
+                try:
+                    self.lab.fresh(host.name)
+                    host.fresh = True
+                except LabError as err:
+                    say(f"{host.name}: could not be returned to its snapshot: {err}")
         for kernel_queue in queues.values():  # a release whose every host went out of service
             while not kernel_queue.empty():
                 job = kernel_queue.get()
@@ -399,6 +425,15 @@ class Grader:
             except queue.Empty:
                 return
             started = time.monotonic()
+            try:
+                if host.restorable and not host.fresh:
+                    job.phases["fresh"] = round(self.lab.fresh(host.name), 1)
+                host.fresh = False
+            except LabError as err:
+                host.out_of_service = f"could not be returned to its snapshot: {err}"
+                say(f"{host.name}: {host.out_of_service}")
+                jobs.put(job)  # for another host of this kernel, or graded `error` when none is left
+                return
             try:
                 job.verdicts = self.grade_one(job, host)
             except Exception as err:  # noqa: BLE001 (one submission's trouble must not stop the run)
@@ -421,6 +456,7 @@ class Grader:
         record_file = raw / f"{host.name}.deploy.json"
         record_file.unlink(missing_ok=True)
         builds, failed = self.build_parts(job, host, raw)
+        console_from = self.console_size(host)
         started = time.monotonic()
         deployed = self.playbook(
             [
@@ -447,7 +483,8 @@ class Grader:
             [
                 self.bin / "pytest", "-q", "-rA", f"--junitxml={junit}",
                 "-o", f"junit_suite_name={safe(submission.id)}",
-                *self.pytest_options(host.name), f"--module-src={safe(submission.root)}", *nodeids,
+                *self.pytest_options(host.name), f"--module-src={safe(submission.root)}",
+                *self.kernel_log_option(host, console_from), *nodeids,
             ],
             timeout=self.args.check_timeout * len(nodeids) + DEPLOY_SLACK,
         )  # fmt: skip
@@ -463,6 +500,19 @@ class Grader:
         else:
             host.clean_first = False
         return verdicts
+
+    def console_size(self, host: Host) -> int:
+        """How long a lab machine's console log is now (-1 for a host that is not a lab machine)."""
+        if not host.restorable:
+            return -1
+        return self.lab.machine(host.name, running=None).console_log.stat().st_size
+
+    def kernel_log_option(self, host: Host, offset: int) -> list[str]:
+        """The checks read a lab machine's kernel log from its console on the controller (from OFFSET on)."""
+        if offset < 0:
+            return []
+        console = self.lab.machine(host.name, running=None).console_log
+        return [f"--kernel-log={safe(console)}@{offset}"]
 
     def job_vars(
         self, submission, record_file: Path, host: Host, builds: Path | None = None, failed: dict | None = None
@@ -548,13 +598,7 @@ class Grader:
                 host.out_of_service = why
                 say(f"{host.name}: {why}; it is not a lab machine, so it is not restored and takes no more submissions")
             return
-        say(f"{host.name}: {why}; restoring it")
-        try:
-            self.lab.restore(host.name)
-            host.clean_first = False
-        except LabError as err:
-            host.out_of_service = f"could not be restored: {err}"
-            say(f"{host.name}: {host.out_of_service}")
+        say(f"{host.name}: {why}; its next submission starts from its snapshot, as every one does")
 
     def all_checks(self, job: Job, verdict: str, reason: str, host: Host | None = None) -> list[Verdict]:
         name = host.name if host else ""

@@ -48,6 +48,7 @@ from kmodlab.vm import (
     DEFAULT_ACCEL,
     DEFAULT_MEMORY_MIB,
     POWEROFF_TIMEOUT,
+    SNAPSHOT,
     Vm,
     VmConfig,
     choose_accel,
@@ -370,6 +371,85 @@ class Lab:
 
         self._boot_again(vm, timeout, fresh_disk)
 
+    def prepare_grading(self, name: str, timeout: float = DEFAULT_SSH_TIMEOUT, **about) -> None:
+        """Make the running machine NAME a grading machine: it powers off, boots again isolated (no route out,
+        not even to the package cache; the kernel's every message on the console), and its whole running
+        state is kept as the snapshot `fresh` returns it to. Any other boot (start, reboot, save, restore)
+        ends the isolation. ABOUT (the grader's record of the preparation) is kept with the snapshot."""
+        vm = self.machine(name, running=True)
+        image = vm.base_image()
+        public_key = ensure_key(self.key, f"kmodlab-{self.name}")
+        self.write_ssh_config()
+        config = replace(vm.config, isolated=True)  # its cache port is kept for the boot that ends this
+        say(f"booting {name} isolated for grading")
+        try:
+            with interrupts_held():
+                self._power_off(vm)
+            self._boot(vm, config, image, public_key, timeout)
+            started = time.monotonic()
+            self._close_connection(vm)
+            vm.save_state(**about)
+            say(f"{name}: its state is saved ({time.monotonic() - started:.1f}s)")
+        except BaseException:
+            with interrupts_held():
+                vm.stop()
+                self.write_known_hosts()
+            raise
+
+    def prepared_for_grading(self, name: str) -> dict:
+        """What prepare_grading kept with NAME's snapshot, if NAME still runs isolated on that boot ({} if not:
+        any other boot ends the isolation and drops the snapshot's record)."""
+        vm = self.machine(name, running=None)
+        if not (vm.running() and vm.config.isolated and vm.has_state()):
+            return {}
+        return vm.state_info()
+
+    def fresh(self, name: str, timeout: float = 120.0) -> float:
+        """Return the grading machine NAME to its snapshot (prepare_grading): loaded into its running QEMU, or
+        into a QEMU started anew if that one is gone or cannot load; then the guest's clock is set to the
+        controller's (it is as old as the snapshot). The seconds it took."""
+        started = time.monotonic()
+        vm = self.machine(name, running=None)
+        if not vm.has_state():
+            raise LabError(f"{name} has no saved state to return to: grading prepares it (prepare_grading)")
+        self._close_connection(vm)
+        if vm.running():
+            try:
+                vm.load_state()
+            except LabError as err:
+                say(f"{name}: {err}; starting it again from its snapshot")
+                vm.stop()
+        if not vm.running():
+            vm.start(vm.config, vm.base_image(), ensure_key(self.key, f"kmodlab-{self.name}"), keep_disk=True,
+                     loadvm=SNAPSHOT)  # fmt: skip
+        deadline = time.monotonic() + timeout
+
+        def run(*command: str) -> subprocess.CompletedProcess:
+            return subprocess.run(
+                self.ssh_command(vm, *command),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+            )
+
+        while True:
+            # The shared connection first, then the time, taken as late as can be, ahead by half a round trip.
+            result = run("true")
+            if result.returncode == 0:
+                trip = time.monotonic()
+                run("true")
+                trip = time.monotonic() - trip
+                result = run("date", "-u", "-s", f"@{time.time() + trip / 2:.6f}")
+            if result.returncode == 0:
+                return time.monotonic() - started
+            if time.monotonic() > deadline or not vm.running():
+                raise LabError(
+                    f"{name} did not answer after its snapshot was loaded: {result.stderr.strip()}; "
+                    f"last lines of {vm.console_log}:\n{vm.log_tail()}"
+                )
+            time.sleep(0.5)
+
     def _boot_again(self, vm: Vm, timeout: float, before: Callable[[Image], None]) -> None:
         """Run BEFORE(image) on VM's disk, uninterrupted, then boot VM on it; VM is stopped if that fails."""
         image = vm.base_image()
@@ -462,6 +542,7 @@ class Lab:
     @staticmethod
     def _with_cache(config: VmConfig) -> VmConfig:
         """CONFIG with the port of the package cache, started if need be, for a machine that uses it."""
+        config = replace(config, isolated=False)  # grading's isolation ends with any other boot
         return replace(config, cache_port=PackageCache().ensure()) if config.cache_port else config
 
     def _boot(self, vm: Vm, config: VmConfig, image: Image, public_key: str, timeout: float) -> None:

@@ -36,6 +36,12 @@ def clean(text: str, limit: int = REASON_CHARS) -> str:
     return text
 
 
+def short(text: str, width: int) -> str:
+    """TEXT cleaned and cut to WIDTH characters (a cut ends with ...), for a column of the terminal table."""
+    text = clean(text, 10 * width)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def markdown_cell(text: str) -> str:
     """TEXT shown as plain text in a Markdown table cell: HTML escaped, Markdown's characters escaped."""
     escaped = MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(clean(text), quote=False))
@@ -162,12 +168,12 @@ def table(verdicts: list, rubric: Rubric) -> str:
     counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(VERDICTS, 0))
     for row in rows:
         counts[(row["student"], row["kernel"])][row["verdict"]] += 1
-    width = min(40, max([len("submission"), *(len(clean(s, 40)) for s, _ in sums)]))
+    width = min(40, max([len("submission"), *(len(short(s, 40)) for s, _ in sums)]))
     lines = [f"{'submission':{width}}  {'kernel':24} {'points':>13}  " + " ".join(f"{v:>7}" for v in VERDICTS)]
     for (student, kernel), (got, of) in sums.items():
         c = counts[(student, kernel)]
         counted = " ".join(f"{c[v]:>7}" for v in VERDICTS)
-        lines.append(f"{clean(student, 40):{width}}  {kernel:24} {got:>6g} / {of:<4g}  {counted}")
+        lines.append(f"{short(student, 40):{width}}  {kernel:24} {got:>6g} / {of:<4g}  {counted}")
     return "\n".join(lines)
 
 

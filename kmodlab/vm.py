@@ -48,6 +48,9 @@ LOOPBACK = "127.0.0.1"
 PROXY_ADDRESS = "10.0.2.100"
 PROXY_PORT = 3142
 PROXY_URL = f"http://{PROXY_ADDRESS}:{PROXY_PORT}"
+QMP_SOCKET = "qmp.sock"
+# The snapshot of a running machine that grading returns it to before each submission.
+SNAPSHOT = "kmodlab-prepared"
 RELAY = "socat"  # one per guest connection, started by QEMU; its messages go to /dev/null, not into the stream
 
 
@@ -58,7 +61,9 @@ class VmConfig:
     Port 0 forwards no ssh port (the KVM probe boot needs none). CACHE_PORT is the port of the
     package cache on LOOPBACK that the guest's apt proxy is forwarded to (0: none, apt goes
     straight to the mirror). AIRGAP: the guest has no route out (QEMU's restrict=on); ssh and
-    the package cache still reach it.
+    the package cache still reach it. ISOLATED (a machine grading submissions): no route out and no
+    package cache, only its ssh port; the kernel prints every message on the serial console, which the
+    controller keeps (console.log): the kernel log no guest program can clear or hide.
     """
 
     name: str
@@ -70,6 +75,8 @@ class VmConfig:
     memory_mib: int = DEFAULT_MEMORY_MIB
     cache_port: int = 0
     airgap: bool = False
+    # Grading: no route out at all (restrict=on, no package cache), every kernel message on the console.
+    isolated: bool = False
 
 
 def cpus_per_machine(machines: int, host_cpus: int | None = None) -> int:
@@ -116,6 +123,7 @@ def qemu_command(
     *,
     daemonize: bool = True,
     poweroff: bool = False,
+    loadvm: str = "",
 ) -> list[str]:
     """The QEMU command line that boots one machine from KERNEL and INITRD, with its overlay in VM_DIR.
 
@@ -123,12 +131,16 @@ def qemu_command(
     PUBLIC_KEY becomes root's authorized key; DAEMONIZE puts QEMU in the background;
     POWEROFF boots to poweroff.target, so that the machine stops by itself (the probe boot).
     With a CACHE_PORT the guest is told its apt proxy (kmodlab.aptproxy, read by kmodlab-boot).
+    LOADVM: start from that snapshot of the running machine (Vm.save_state) instead of booting. The QMP
+    socket (qmp.sock) lets the lab save and load snapshots; the console log is appended to, not truncated.
     """
     append = ["root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "panic=-1", f"systemd.hostname={config.name}"]
     if public_key:
         append.append(f"kmodlab.authkey={base64.b64encode(public_key.strip().encode()).decode()}")
-    if config.cache_port:
+    if config.cache_port and not config.isolated:
         append.append(f"kmodlab.aptproxy={PROXY_URL}")
+    if config.isolated:
+        append.append("ignore_loglevel")
     if poweroff:
         append.append("systemd.unit=poweroff.target")
     accel = (
@@ -137,9 +149,9 @@ def qemu_command(
     netdev = ["user", "id=net0"]
     if config.port:
         netdev.append(f"hostfwd=tcp:{LOOPBACK}:{config.port}-:22")
-    if config.airgap:
+    if config.airgap or config.isolated:
         netdev.append("restrict=on")
-    if config.cache_port:
+    if config.cache_port and not config.isolated:
         netdev.append(proxy_forward(config.cache_port))
     return [
         QEMU,
@@ -158,8 +170,11 @@ def qemu_command(
         "-netdev", ",".join(netdev),
         "-device", "virtio-net-pci,netdev=net0",
         "-device", "virtio-rng-pci",
-        "-serial", f"file:{vm_dir / 'console.log'}",
+        "-chardev", f"file,id=console,path={vm_dir / 'console.log'},append=on",
+        "-serial", "chardev:console",
+        "-qmp", f"unix:{vm_dir / QMP_SOCKET},server=on,wait=off",
         "-pidfile", str(vm_dir / "qemu.pid"),
+        *(["-loadvm", loadvm] if loadvm else []),
         *(["-daemonize"] if daemonize else []),
     ]  # fmt: skip
 
@@ -283,7 +298,7 @@ class Vm:
     """
 
     FILES = (
-        "vm.json", "overlay.qcow2", "saved.qcow2", "console.log", "qemu.pid",
+        "vm.json", "overlay.qcow2", "saved.qcow2", "console.log", "qemu.pid", QMP_SOCKET, "snapshot.json",
         "vmlinuz", "initrd.img", "vmlinuz.partial", "initrd.img.partial",
     )  # fmt: skip
 
@@ -351,15 +366,18 @@ class Vm:
             )
         return Image(disk.parent)
 
-    def start(self, config: VmConfig, image: Image, public_key: str, *, keep_disk: bool = False) -> None:
+    def start(
+        self, config: VmConfig, image: Image, public_key: str, *, keep_disk: bool = False, loadvm: str = ""
+    ) -> None:
         """Start QEMU in the background: on a new overlay of IMAGE, or with KEEP_DISK on the overlay the machine has.
 
         A new overlay boots the image's kernel (the machine's own kernel, made for the old disk, goes);
         on a kept disk the machine boots its own kernel if it has one. The serial log starts empty,
-        so that the host key read from it is this boot's.
+        so that the host key read from it is this boot's. LOADVM (with KEEP_DISK): start from that snapshot,
+        with the serial log kept (the host key it holds is the snapshot's).
         """
         require_tool(QEMU, "qemu-system-x86")
-        if config.airgap and not config.cache_port:
+        if config.airgap and not config.cache_port and not config.isolated:
             raise LabError(f"{self.name}: an air-gapped machine needs the package cache, its only way to packages")
         if config.cache_port:
             require_tool(RELAY, "socat")
@@ -373,16 +391,75 @@ class Vm:
             for path in (*self.own_kernel, *self.partial_kernel):
                 path.unlink(missing_ok=True)
             create_overlay(image, self.overlay)
-        self.console_log.write_text("")
+        if not loadvm:
+            self.console_log.write_text("")
+            (self.dir / "snapshot.json").unlink(missing_ok=True)  # taken on another boot
         kernel, initrd = self.boot_files(image)
         result = subprocess.run(
-            qemu_command(config, kernel, initrd, self.dir, public_key),
+            qemu_command(config, kernel, initrd, self.dir, public_key, loadvm=loadvm),
             capture_output=True,
             text=True,
             stdin=subprocess.DEVNULL,
         )
         if result.returncode != 0:
             raise LabError(f"{self.name}: qemu did not start: {result.stderr.strip()}")
+
+    def monitor(self, command_line: str, timeout: float = 300.0) -> str:
+        """Run a QEMU monitor command (HMP, through the machine's QMP socket); what it printed.
+
+        QEMU says an HMP command's failure in its output, not as a QMP error: output naming an error is one."""
+        sock = self.dir / QMP_SOCKET
+        if len(str(sock)) >= 108:
+            raise LabError(f"{self.name}: the path of its monitor socket is too long for a socket: {sock}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            try:
+                conn.connect(str(sock))
+            except OSError as err:
+                raise LabError(f"{self.name}: cannot reach its QEMU monitor ({sock}): {err}") from err
+            stream = conn.makefile("rwb")
+
+            def ask(execute: str, **arguments) -> dict:
+                stream.write(json.dumps({"execute": execute, "arguments": arguments}).encode() + b"\n")
+                stream.flush()
+                while True:
+                    line = stream.readline()
+                    if not line:
+                        raise LabError(f"{self.name}: its QEMU monitor closed the connection during {execute}")
+                    answer = json.loads(line)
+                    if "return" in answer or "error" in answer:
+                        return answer
+
+            stream.readline()  # the greeting
+            ask("qmp_capabilities")
+            answer = ask("human-monitor-command", **{"command-line": command_line})
+        if "error" in answer:
+            raise LabError(f"{self.name}: {command_line}: {answer['error'].get('desc', answer['error'])}")
+        output = str(answer["return"]).strip()
+        if re.search(r"\b(error|Error|could not|Could not)\b", output):
+            raise LabError(f"{self.name}: {command_line}: {output}")
+        return output
+
+    def save_state(self, **about) -> None:
+        """Keep the running machine's whole state, memory and disk, as the snapshot SNAPSHOT (in its overlay);
+        ABOUT is kept beside it (state_info)."""
+        self.monitor(f"savevm {SNAPSHOT}")
+        info = {"tag": SNAPSHOT, "saved": time.time(), **about}
+        (self.dir / "snapshot.json").write_text(json.dumps(info) + "\n")
+
+    def has_state(self) -> bool:
+        return (self.dir / "snapshot.json").is_file()
+
+    def state_info(self) -> dict:
+        """What was kept with the snapshot ({} when there is none)."""
+        try:
+            return json.loads((self.dir / "snapshot.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def load_state(self) -> None:
+        """Return the running machine to SNAPSHOT: memory, devices and disk as they were when it was taken."""
+        self.monitor(f"loadvm {SNAPSHOT}")
 
     def save_disk(self) -> None:
         """Keep the stopped machine's disk as it is now as the one `reset_disk` returns to: saved.qcow2.

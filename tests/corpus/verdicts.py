@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from make_class import VARIANTS
+from make_class import ATTACKS, VARIANTS
 
 WHOLE = "submission"
 
@@ -62,9 +62,51 @@ def judge(grades: dict, alone: bool = True) -> list[tuple[str, str, str, bool]]:
     return results
 
 
+def shown_name(attack: str) -> str:
+    """The student an attack of attacks.yml is, as the grader names it (an archive's name less its suffix)."""
+    for suffix in (".tar.gz", ".tgz", ".zip"):
+        if attack.endswith(suffix):
+            return attack[: -len(suffix)]
+    return attack
+
+
+def judge_attacks(grades: dict) -> list[tuple[str, str, str, bool]]:
+    """(attack, kernel, what was expected and what came, as expected?) for each graded attack of attacks.yml."""
+    by_job: dict[tuple[str, str], dict[tuple[str, str], dict]] = defaultdict(dict)
+    for row in grades["checks"]:
+        by_job[(row["student"], row["kernel"])][(row["part"], row["check"])] = row
+    results = []
+    for name, spec in ATTACKS.items():
+        for (student, kernel), checks in sorted(by_job.items()):
+            if student != shown_name(name):
+                continue
+            expect = spec["expect"]
+            if "refused" in expect:
+                bad = [f"{p}::{c}: {r['verdict']} ({r['reason'][:160]})" for (p, c), r in checks.items()
+                       if r["verdict"] != "error" or expect["refused"] not in r["reason"]]  # fmt: skip
+                results.append(
+                    (name, kernel, f"refused ({expect['refused']}); " + ("; ".join(bad[:3]) or "so"), not bad)
+                )
+                continue
+            bad = []
+            for verdict in ("pass", "fail"):
+                for wanted in expect.get(verdict, []):
+                    row = checks.get(tuple(wanted.split("::", 1)))
+                    if row is None or row["verdict"] != verdict:
+                        got = f"{row['verdict']} ({row['reason'][:160]})" if row else "not graded"
+                        bad.append(f"{wanted} should {verdict}: {got}")
+            for wanted, text in expect.get("reasons", {}).items():
+                row = checks.get(tuple(wanted.split("::", 1)))
+                if row is None or text not in row["reason"]:
+                    got = row["reason"][:300] if row else "not graded"
+                    bad.append(f"{wanted}: its reason should hold {text!r}: {got}")
+            results.append((name, kernel, "; ".join(bad) or "as expected", not bad))
+    return results
+
+
 def main() -> int:
     grades = json.loads(Path(sys.argv[1]).read_text())
-    results = judge(grades)
+    results = judge(grades) + judge_attacks(grades)
     for student, kernel, said, ok in results:
         print(f"{'ok  ' if ok else 'BAD '} {student:32} {kernel:24} {said}")
     print(f"{sum(ok for *_, ok in results)}/{len(results)} verdicts as the corpus expects")

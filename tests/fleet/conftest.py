@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fleet_helpers import CRASHED, HUNG, kernel_crash
+from fleet_helpers import CRASHED, HUNG, KERNEL_LOG, kernel_crash
 
 # Opt-in markers, in the order their tests run after the others.
 OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
@@ -68,6 +68,13 @@ def pytest_addoption(parser):
         type=float,
         default=FLEET_TIMEOUT,
         help=f"seconds one check may take (default {FLEET_TIMEOUT}; the removal tests {REMOVAL_TIMEOUT})",
+    )
+    parser.addoption(
+        "--kernel-log",
+        default="",
+        metavar="FILE@OFFSET",
+        help="read the kernel log from this file on the controller (a lab machine's console), from OFFSET on, "
+        "instead of the host's dmesg (the grader passes it: no program on the host can clear or hide it)",
     )
     parser.addoption(
         "--grading",
@@ -138,6 +145,9 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
+    if config.getoption("kernel_log", ""):
+        path, _, offset = config.getoption("kernel_log").rpartition("@")
+        KERNEL_LOG.update(path=Path(path), offset=int(offset))
     config.addinivalue_line("markers", "grading: judges what the grader prepared (kernel log cleared); --grading")
     config.addinivalue_line("markers", "reference: pins a choice of this repository's modules; left out by --grading")
     config.addinivalue_line("markers", "installed: checks deploy.yml's install (depmod); left out by --grading")

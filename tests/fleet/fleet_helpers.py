@@ -73,18 +73,44 @@ CRASHED: dict[str, str] = {}
 CRASH = re.compile(r"BUG:|Oops|kernel BUG at|general protection fault|detected buffer overflow")
 
 
+# With --kernel-log FILE@OFFSET (conftest.py): the kernel log is the machine's console as the controller
+# keeps it (path, offset: where this submission's part begins), not the host's dmesg.
+KERNEL_LOG: dict = {}
+
+
+def console_lines(since: int | None = None) -> list[str]:
+    """The kernel's lines on the console (KERNEL_LOG) from SINCE (a byte offset; default: the log's offset)."""
+    with KERNEL_LOG["path"].open("rb") as console:
+        console.seek(KERNEL_LOG["offset"] if since is None else since)
+        text = console.read().decode(errors="replace")
+    return [line.strip("\r") for line in text.splitlines()]
+
+
+def console_size() -> int | None:
+    """Where the console log ends now (None without --kernel-log)."""
+    return KERNEL_LOG["path"].stat().st_size if KERNEL_LOG else None
+
+
+def kernel_log(host) -> list[str]:
+    """The kernel log since the deploy: the console's (--kernel-log), else the host's dmesg."""
+    if KERNEL_LOG:
+        return console_lines()
+    return host.run("timeout 20 dmesg").stdout.splitlines()
+
+
 def kernel_crash(host) -> str:
     """The first kernel log line saying the kernel crashed (CRASH), or '' (also when the log cannot be read)."""
     try:
-        result = host.run("timeout 20 dmesg")
+        lines = kernel_log(host)
     except Exception:  # noqa: BLE001 (a host that does not answer is for the next check to tell)
         return ""
-    return next((line for line in result.stdout.splitlines() if CRASH.search(line)), "")
+    return next((line for line in lines if CRASH.search(line)), "")
 
 
 def splats_in_dmesg(host) -> list[str]:
     """Kernel log lines that say something went wrong in the kernel (SPLAT), in order."""
-    return [line for line in host.check_output("dmesg").splitlines() if SPLAT.search(line)]
+    lines = console_lines() if KERNEL_LOG else host.check_output("dmesg").splitlines()
+    return [line for line in lines if SPLAT.search(line)]
 
 
 def warnings_in_dmesg(host) -> set[str]:

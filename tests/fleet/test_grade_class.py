@@ -7,10 +7,13 @@ lab machines' disks); needs the lab the hosts belong to (--lab). It proves what 
   its other parts are missing) and a submission refused for a symbolic link, graded on every kernel:
   the reference passes every check, and each correct variant every check of its module and of the
   whole submission, on every kernel;
-- a class of every faulty variant, graded with --one-kernel-each (the kernels in turn: half of them on
-  each, for CI's time; bench/grade_corpus.sh grades them all on every kernel): each fails the check
-  named for its bug. Among them a forced borrow bug, a buffer overflow that crashes the kernel (the
-  host is restored) and a compile error.
+- a class of every faulty variant and every attack of tests/corpus/attacks.yml, graded with
+  --one-kernel-each (the kernels in turn: half of them on each, for CI's time; bench/grade_corpus.sh
+  grades them all on every kernel): each faulty variant fails the check named for its bug, each attack
+  gets the verdicts attacks.yml gives it, and nothing of any attack ran on the controller. Among them a
+  forced borrow bug, a buffer overflow that crashes the kernel, a compile error, and a module that
+  tampers with its machine as root (graded first on each kernel: the submissions after it on that
+  machine start from its snapshot and get the verdicts the corpus expects).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from fleet_helpers import REPO, hosts_under_test
@@ -31,9 +35,10 @@ pytestmark = pytest.mark.grade_class
 
 CORRECT = sorted(name for name, v in make_class.VARIANTS.items() if v["kind"] == "correct")
 FAULTY = sorted(name for name, v in make_class.VARIANTS.items() if v["kind"] == "faulty")
+ATTACKS = sorted(make_class.ATTACKS)
 REFUSED = "mallory"
 # What each run grades, and how: on every kernel, or each submission on one (--one-kernel-each).
-RUNS = {"every-kernel": ["reference", *CORRECT, REFUSED], "one-kernel-each": FAULTY}
+RUNS = {"every-kernel": ["reference", *CORRECT, REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY]}
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +58,8 @@ def grade(request, tmp_path_factory, graded_hosts, run: str) -> dict:
     for name in RUNS[run]:
         if name == "reference":
             make_class.reference(class_dir / name)
+        elif name in make_class.ATTACKS:
+            make_class.attack(name, class_dir)
         elif name == REFUSED:
             make_class.reference(class_dir / REFUSED, ("hello",))
             (class_dir / REFUSED / "hello" / "Makefile").unlink()
@@ -85,7 +92,8 @@ def test_every_kernel_grades_every_submission_or_one_kernel_each_spreads_them(gr
         (student, kernel) for student in RUNS["every-kernel"] for kernel in kernels
     }
     spread = graded["one-kernel-each"]["grades"]["summary"]
-    assert sorted(row["student"] for row in spread) == sorted(FAULTY)  # once each
+    shown = [verdicts.shown_name(name) for name in RUNS["one-kernel-each"]]
+    assert sorted(row["student"] for row in spread) == sorted(shown)  # once each
     on_kernel = [sum(row["kernel"] == kernel for row in spread) for kernel in kernels]
     assert max(on_kernel) - min(on_kernel) <= 1, on_kernel
     for run, students in RUNS.items():
@@ -100,12 +108,36 @@ def test_each_verdict_is_the_one_the_corpus_expects(graded, graded_hosts):
     whole submission, on every kernel; each faulty variant fails the check named for its bug."""
     kernels = set(graded_hosts.values())
     results = [result for run in RUNS for result in verdicts.judge(graded[run]["grades"])]
+    attacked = verdicts.judge_attacks(graded["one-kernel-each"]["grades"])
+    assert sorted(name for name, *_ in attacked) == ATTACKS
     judged = {(student, kernel) for student, kernel, *_ in results}
     assert {(s, k) for s, k in judged if s not in FAULTY} == {
         (student, kernel) for student in ("reference", *CORRECT) for kernel in kernels
     }
     assert sorted(student for student, _kernel in judged if student in FAULTY) == FAULTY
-    assert [f"{student} on {kernel}: {said}" for student, kernel, said, ok in results if not ok] == []
+    assert [f"{student} on {kernel}: {said}" for student, kernel, said, ok in results + attacked if not ok] == []
+
+
+def test_nothing_of_an_attack_ran_on_the_controller(graded):
+    """No file an attack's name, Makefile or program would have made exists on the controller."""
+    places = [REPO, REPO / "playbooks", REPO / "roles" / "kmodlab", Path("/"), Path("/tmp"), Path.home()]
+    places += [graded[run]["out"] for run in RUNS]
+    assert [str(place / make_class.MARKER) for place in places if (place / make_class.MARKER).exists()] == []
+
+
+def test_the_tampering_module_was_graded_first_on_each_kernel_and_left_nothing(graded, graded_hosts):
+    """Each kernel graded a tampering module first (it replaced insmod and dmesg, added a modprobe rule that
+    stops my_timer loading and filled the disk there); the my_timer and hello variants graded after it on
+    the same machine loaded (their verdicts: test_each_verdict_is_the_one_the_corpus_expects)."""
+    rows = graded["one-kernel-each"]["grades"]["summary"]
+    first = {}
+    for row in rows:  # in the order graded on each kernel
+        first.setdefault(row["kernel"], row["student"])
+    assert sorted(first.values()) == sorted(name for name in ATTACKS if "tampers" in name)
+    assert len(first) == len(set(graded_hosts.values()))
+    checks = graded["one-kernel-each"]["grades"]["checks"]
+    later = [r for r in checks if r["check"] == "build" and r["student"] in FAULTY and r["part"] != "syscalls"]
+    assert later and all(r["verdict"] == "pass" or make_class.VARIANTS[r["student"]]["check"] == "build" for r in later)
 
 
 def test_a_submission_with_a_symlink_is_refused_and_graded_as_an_error(graded):
@@ -132,7 +164,8 @@ def test_each_check_ran_on_the_module_built_from_the_submission(graded):
 def test_a_host_whose_kernel_crashed_stops_its_checks_is_restored_and_grades_on(graded):
     """The unterminated buffer is a kernel BUG (a fortified buffer overflow), named by the kernel-log check;
     the checks of the module after the one that crashed it are not run (they would hang), the host is
-    restored, and the submissions graded on it next get the verdicts the corpus expects (test_each_verdict_...)."""
+    returned to its snapshot, and the submissions graded on it next get the verdicts the corpus expects
+    (test_each_verdict_...)."""
     run = graded["one-kernel-each"]
     rows = [row for row in run["grades"]["checks"] if row["student"] == "hello-no-nul-when-full"]
     logged = [row for row in rows if row["check"] == "test_kernel_logged_no_oops_or_warning"]
@@ -140,7 +173,7 @@ def test_a_host_whose_kernel_crashed_stops_its_checks_is_restored_and_grades_on(
     assert "BUG" in logged[0]["reason"] or "buffer overflow" in logged[0]["reason"], logged
     stopped = [row for row in rows if "the kernel crashed on" in row["reason"]]
     assert any(row["check"] == "test_small_reads_get_the_message_in_pieces" for row in stopped), rows
-    restored = [line for line in run["result"].stderr.splitlines() if "restoring it" in line]
+    restored = [line for line in run["result"].stderr.splitlines() if "starts from its snapshot" in line]
     assert restored, run["result"].stderr[-3000:]
 
 

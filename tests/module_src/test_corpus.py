@@ -10,10 +10,14 @@ import ast
 import filecmp
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "corpus"))
+import make_class  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "corpus"
@@ -60,12 +64,18 @@ def apply_variant(variant: dict, copy_of) -> Path:
 
 
 def test_manifest_and_directories_match():
-    """corpus.yml names each directory of tests/corpus/ once, each holds only variant.patch; the scripts are beside."""
+    """corpus.yml names each directory of tests/corpus/ once (attacks/: attacks.yml's), each holds only
+    variant.patch; the scripts are beside."""
     names = [variant["name"] for variant in VARIANTS]
     assert len(names) == len(set(names)), "a variant is listed twice"
     entries = [path for path in CORPUS.iterdir() if not path.name.startswith(("_", "."))]
-    assert sorted(names) == sorted(path.name for path in entries if path.is_dir())
-    assert sorted(path.name for path in entries if not path.is_dir()) == ["corpus.yml", "make_class.py", "verdicts.py"]
+    assert sorted([*names, "attacks"]) == sorted(path.name for path in entries if path.is_dir())
+    assert sorted(path.name for path in entries if not path.is_dir()) == [
+        "attacks.yml",
+        "corpus.yml",
+        "make_class.py",
+        "verdicts.py",
+    ]
     for name in names:
         assert [path.name for path in (CORPUS / name).iterdir()] == ["variant.patch"], name
 
@@ -138,3 +148,25 @@ def test_the_judge_finds_a_check_that_is_parametrized_by_its_module(monkeypatch)
     expected = "my_timer::test_proc_entry_is_gone fails; got fail: /proc/timer exists"
     assert judge({"checks": [row]}) == [("timer-entry-not-removed", "6.1", expected, True)]
     assert judge({"checks": [dict(row, verdict="pass", reason="")]})[0][3] is False
+
+
+def test_every_attack_is_made_as_attacks_yml_says(tmp_path):
+    """Each attack of attacks.yml is made (its patch applies, its files exist) and names what it expects;
+    attacks/ holds the sources the attacks name, nothing else."""
+    sources = set()
+    for name, spec in make_class.ATTACKS.items():
+        assert spec["made"] in ("patch", "files", "name") and spec["part"] in (*MODULES, "syscalls"), name
+        assert set(spec["expect"]) <= {"refused", "pass", "fail", "reasons"} and spec["expect"], name
+        made = make_class.attack(name, tmp_path)
+        assert made.exists(), name
+        if spec["made"] != "name":
+            sources.add(spec.get("source", name))
+    assert sorted(path.name for path in (CORPUS / "attacks").iterdir()) == sorted(sources)
+
+
+def test_the_tampering_attack_builds(tmp_path, kbuild):
+    """The module that tampers with its machine compiles against linux-headers-amd64 (as graded)."""
+    name = next(n for n, spec in make_class.ATTACKS.items() if spec["made"] == "patch")
+    src = make_class.attack(name, tmp_path) / "hello"
+    built = kbuild(src)
+    assert built.returncode == 0 and (src / "hello.ko").is_file(), built.output

@@ -360,7 +360,8 @@ def test_part_one_is_built_and_checked_with_our_harness(tmp_path):
     (tmp_path / "syscalls" / "Makefile").write_text("check:\n\ttrue\n")
     use_our_part1_harness(tmp_path)
     makefile = (tmp_path / "syscalls" / "Makefile").read_text()
-    assert "strace -o $@ ./part1" in makefile and "-Werror" not in makefile
+    assert "strace -o $@ $(AS_USER) ./part1" in makefile and "-Werror" not in makefile
+    assert "TRACE_AS ?= nobody" in makefile  # part1 runs unprivileged: it cannot write its traces or checker
     assert (tmp_path / "syscalls" / "check-traces.sh").read_text().startswith("#!")
 
 
@@ -393,13 +394,14 @@ def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
     both_saving = threading.Barrier(2, timeout=10)
     saved = []
 
-    def save(self, name):
+    def save(self, name, **about):
         both_saving.wait()  # broken (and raising) if the other machine's save does not start meanwhile
-        saved.append(name)
+        saved.append((name, about))
 
     monkeypatch.setattr(g, "playbook", playbook)
     monkeypatch.setattr(Lab, "write_known_hosts", lambda self: None)
-    monkeypatch.setattr(Lab, "save", save)
+    monkeypatch.setattr(Lab, "prepare_grading", save)
+    monkeypatch.setattr(Lab, "prepared_for_grading", lambda self, name: {})
     machines = {"deb-12": "debian12", "deb-13": "debian13"}
     vms = [argparse.Namespace(name=name, config=argparse.Namespace(distro=d)) for name, d in machines.items()]
     monkeypatch.setattr(Lab, "vms", lambda self: vms)
@@ -412,7 +414,7 @@ def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr("kmodlab.grade.ensure_build_root", build_root)
     g.prepare()
-    assert sorted(saved) == ["deb-12", "deb-13"]
+    assert sorted(saved) == [("deb-12", {"kernel": "6.1.0-1-amd64"}), ("deb-13", {"kernel": "6.12.1-amd64"})]
     assert sorted(roots) == [
         ("debian12", "6.1.0-1-amd64", "http://mirror.example/debian"),
         ("debian13", "6.12.1-amd64", "http://mirror.example/debian"),
@@ -450,3 +452,57 @@ def test_each_submission_is_graded_on_every_kernel_or_with_one_kernel_each_on_on
     assert sorted((job.submission.name, job.kernel) for job in jobs) == sorted(wanted)
     assert sorted(name_kernel[:2] for name_kernel in graded) == sorted(wanted)
     assert g.done == 3  # each submission counted once, when its last kernel is done
+
+
+def test_every_job_on_a_lab_machine_starts_from_its_snapshot(tmp_path, monkeypatch):
+    """A lab machine is returned to its snapshot before each job but the first after the preparation, and
+    once more at the end; one that cannot be returned takes no more jobs, which go to the other host."""
+    g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
+    g.catalogue = {"hello": [BUILD]}
+    g.hosts = [Host("a", "6.1", restorable=True, fresh=True), Host("b", "6.1", restorable=True, fresh=True)]
+    returned = []
+
+    def fresh(self, name):
+        if name == "b" and returned.count("b") == 1:
+            raise LabError("loadvm failed")
+        returned.append(name)
+        return 1.5
+
+    monkeypatch.setattr(Lab, "fresh", fresh)
+    jobs = g.grade([Submission(f"s{i}", tmp_path, ["hello"]) for i in range(6)])
+    assert all(job.verdicts[0].verdict == "pass" for job in jobs)
+    on_b = [job for job in jobs if job.verdicts[0].host == "b"]
+    assert 1 <= len(on_b) <= 2  # b took its first job (fresh), at most one more, then failed to return
+    assert g.hosts[1].out_of_service.startswith("could not be returned to its snapshot")
+    on_a = [job for job in jobs if job.verdicts[0].host == "a"]
+    assert returned.count("a") == len(on_a)  # before each of its jobs but the first, and at the end
+    assert sorted("fresh" in job.phases for job in on_a) == [False] + [True] * (len(on_a) - 1)
+
+
+def test_a_machine_an_earlier_run_prepared_is_not_prepared_again(tmp_path, monkeypatch):
+    """A lab machine still isolated on its prepared boot is returned to its snapshot, with the kernel kept
+    beside it; only the others go through the preparation play and a new snapshot."""
+    g = grader(tmp_path)
+    g.names, g.lab_machines = ["deb-12", "deb-13"], {"deb-12", "deb-13"}
+    played, prepared, returned = [], [], []
+
+    def playbook(args, timeout=3600):
+        played.append(args[args.index("--limit") + 1])
+        report = next(a.split("=", 1)[1] for a in args if a.startswith("kmodlab_grade_report="))
+        Path(report).write_text(json.dumps({"deb-13": "6.12.1-amd64"}))
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(g, "playbook", playbook)
+    monkeypatch.setattr(Lab, "write_known_hosts", lambda self: None)
+    monkeypatch.setattr(Lab, "vms", lambda self: [])
+    monkeypatch.setattr(
+        Lab, "prepared_for_grading", lambda self, name: {"kernel": "6.1.0-1-amd64"} if name == "deb-12" else {}
+    )
+    monkeypatch.setattr(Lab, "prepare_grading", lambda self, name, **about: prepared.append(name))
+    monkeypatch.setattr(Lab, "fresh", lambda self, name: returned.append(name) or 1.6)
+    g.prepare()
+    assert played == ["deb-13"] and prepared == ["deb-13"] and returned == ["deb-12"]
+    assert [(h.name, h.kernel, h.fresh) for h in g.hosts] == [
+        ("deb-12", "6.1.0-1-amd64", True),
+        ("deb-13", "6.12.1-amd64", True),
+    ]

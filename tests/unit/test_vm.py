@@ -15,7 +15,7 @@ import pytest
 
 from kmodlab import LabError, vm
 from kmodlab.images import Image
-from kmodlab.vm import Vm, VmConfig, pick_port, qemu_command
+from kmodlab.vm import SNAPSHOT, Vm, VmConfig, pick_port, qemu_command
 
 
 def test_pick_port_skips_ports_of_the_lab_and_ports_in_use():
@@ -43,7 +43,10 @@ def test_qemu_command_boots_the_image_kernel_with_forwarded_ssh(tmp_path):
     assert cmd[cmd.index("-kernel") + 1] == str(tmp_path / "img" / "vmlinuz")
     assert cmd[cmd.index("-initrd") + 1] == str(tmp_path / "img" / "initrd.img")
     assert cmd[cmd.index("-accel") + 1] == "tcg,thread=multi"
-    assert f"file:{tmp_path / 'vm' / 'console.log'}" in cmd
+    assert f"file,id=console,path={tmp_path / 'vm' / 'console.log'},append=on" in cmd
+    assert cmd[cmd.index("-serial") + 1] == "chardev:console"
+    assert f"unix:{tmp_path / 'vm' / 'qmp.sock'},server=on,wait=off" in cmd
+    assert "-loadvm" not in cmd
     assert "-daemonize" in cmd
     append = cmd[cmd.index("-append") + 1].split()
     key = next(a for a in append if a.startswith("kmodlab.authkey="))
@@ -215,3 +218,17 @@ def test_remove_deletes_only_the_files_the_lab_wrote(tmp_path):
     (machine.dir / "vm.json").write_text("{}")
     assert machine.remove() == []
     assert not machine.dir.exists()
+
+
+def test_a_grading_machine_is_isolated_and_can_start_from_its_snapshot(tmp_path):
+    """Isolated: restrict=on, no package cache forward or proxy even with a cache port, the kernel's every
+    message on the console; -loadvm starts from the snapshot."""
+    config = VmConfig("debian12", "debian12", 2222, "tcg", "6.1.0-1-amd64", cache_port=3143, isolated=True)
+    cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd", tmp_path / "vm", loadvm=SNAPSHOT)
+    netdev = cmd[cmd.index("-netdev") + 1]
+    assert "restrict=on" in netdev.split(",")
+    assert "guestfwd" not in netdev
+    append = cmd[cmd.index("-append") + 1].split()
+    assert "ignore_loglevel" in append
+    assert not any(arg.startswith("kmodlab.aptproxy") for arg in append)
+    assert cmd[cmd.index("-loadvm") + 1] == SNAPSHOT
