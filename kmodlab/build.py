@@ -44,8 +44,9 @@ PACKAGES = ("make", "gcc", "libc6-dev")
 # not enforced on root's processes.
 BUILD_UID = 60001
 WORK_BYTES = 256 * 1024 * 1024  # the tmpfs the build writes in
-MAX_PROCESSES = 128
-MAX_MEMORY = 2 * 1024**3  # address space per process
+SHM_BYTES = 8 * 1024 * 1024  # /dev/shm, the only other writable place (/dev itself is read-only)
+MAX_PROCESSES = 64
+MAX_MEMORY = 1024**3  # address space per process (cc1 on a module needs a few hundred MiB)
 MAX_OPEN_FILES = 1024
 MAX_MODULE_BYTES = 64 * 1024 * 1024
 MAX_LOG_BYTES = 256 * 1024
@@ -143,31 +144,42 @@ def ensure_build_root(distro: Distro, release: str, mirror: str) -> BuildRoot:
     return made
 
 
-def sandbox_command(root: BuildRoot, src: Path, script: str) -> list[str]:
+def sandbox_command(root: BuildRoot, src: Path, script: str, timeout: float) -> list[str]:
     """The command that runs SCRIPT (sh) in the sandbox: ROOT read-only as /, SRC read-only as /src, /build
-    a bounded tmpfs (its working directory), nothing else; no network, no capabilities, bounded."""
+    a bounded tmpfs (its working directory), a small /dev/shm, nothing else writable; no network, no
+    capabilities, no user namespace of its own, bounded processes, memory, files and CPU, at a low priority.
+
+    Run as root, the sandbox's user is BUILD_UID (setpriv), whose process count is the build's alone. Run as
+    another user, it is that user, whose process count includes all of theirs: no process limit is set
+    then (a build must not fail by what else the user runs); the pid namespace and the deadline bound it."""
     limits = [
         "prlimit",
-        f"--nproc={MAX_PROCESSES}",
         f"--as={MAX_MEMORY}",
         f"--nofile={MAX_OPEN_FILES}",
         f"--fsize={WORK_BYTES}",
+        f"--cpu={int(timeout) + 1}",
         "--core=0",
-        "--",
     ]
     user = []
     if os.geteuid() == 0:
         user = ["setpriv", f"--reuid={BUILD_UID}", f"--regid={BUILD_UID}", "--clear-groups", "--inh-caps=-all"]
+        limits.append(f"--nproc={MAX_PROCESSES}")
     return [
         *user,
         *limits,
+        "--",
+        "nice", "-n", "10",
         "bwrap",
         "--unshare-all",
+        "--unshare-user",
+        "--disable-userns",
         "--die-with-parent",
         "--new-session",
         "--cap-drop", "ALL",
         "--ro-bind", str(root.root), "/",
         "--dev", "/dev",
+        "--size", str(SHM_BYTES), "--tmpfs", "/dev/shm",
+        "--remount-ro", "/dev",
         "--proc", "/proc",
         "--ro-bind", str(src), "/src",
         "--size", str(WORK_BYTES), "--tmpfs", "/build",
@@ -282,7 +294,7 @@ def _build_module(root: BuildRoot, src: Path, name: str, timeout: float) -> Buil
             f"cp -r /src/. /build/ && make -C {root.headers} M=/build modules >&2 || exit $?; "
             f"test -f /build/{name}.ko || exit 100; cat /build/{name}.ko"
         )
-        returncode, module, log_bytes, why = bounded_run(sandbox_command(root, work, script), timeout)
+        returncode, module, log_bytes, why = bounded_run(sandbox_command(root, work, script, timeout), timeout)
     finally:
         remove_tree(work)
     log = log_bytes.decode(errors="replace")

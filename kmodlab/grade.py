@@ -62,6 +62,8 @@ BUILD = "build"
 DEFAULT_CHECK_TIMEOUT = 90
 DEPLOY_SLACK = 300
 TIMED_OUT = "from pytest-timeout"
+# pytest-timeout's own failure message (what a module prints may hold the words too: only this form counts).
+PYTEST_TIMEOUT = re.compile(r"^Failed: Timeout \((>[\d.]+s)\) from pytest-timeout")
 # What a word the grader gives Ansible (-e) or pytest may hold: ansible-core templates extra vars, so a
 # `{{` in one runs on the controller. Every such word is the grader's own (ids, numbers, paths under
 # --out); this is checked, not assumed.
@@ -187,8 +189,9 @@ def junit_outcomes(path: Path, parts: tuple[str, ...], host: str) -> dict[tuple[
 def readable(message: str, text: str) -> str:
     """A failure's reason a student can read: the assertion's message, without pytest's decoration."""
     message = message.strip() or (text.strip().splitlines() or [""])[-1]
-    if TIMED_OUT in message:
-        return f"no answer within the time limit ({message.split('(')[1].split(')')[0]})"
+    timed_out = PYTEST_TIMEOUT.match(message)
+    if timed_out:
+        return f"no answer within the time limit ({timed_out.group(1)})"
     status = re.search(r"CommandResult\(.*?exit_status=(\d+)", message)
     if status:  # testinfra could not run a command at all
         return f"the command on the host ended with {status.group(1)}: the connection broke or the kernel killed it"
@@ -397,19 +400,26 @@ class Grader:
         self.started = time.monotonic()
         self.total = len(submissions)
         self.done = 0
-        workers = [
-            threading.Thread(target=self.worker, args=(host, queues[host.kernel]), daemon=True) for host in self.hosts
-        ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        while True:
+            # A host that goes out of service gives its job back; a host of its kernel that had already found
+            # the queue empty takes it in the next round.
+            workers = [
+                threading.Thread(target=self.worker, args=(host, queues[host.kernel]), daemon=True)
+                for host in self.hosts
+                if not host.out_of_service and not queues[host.kernel].empty()
+            ]
+            if not workers:
+                break
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
         for host in self.hosts:  # the lab is left as prepared, not with the last submission loaded
             if host.restorable and not host.fresh and not host.out_of_service:
                 try:
                     self.lab.fresh(host.name)
                     host.fresh = True
-                except LabError as err:
+                except Exception as err:  # noqa: BLE001 (the verdicts are made; say it and go on)
                     say(f"{host.name}: could not be returned to its snapshot: {err}")
         for kernel_queue in queues.values():  # a release whose every host went out of service
             while not kernel_queue.empty():
@@ -429,7 +439,7 @@ class Grader:
                 if host.restorable and not host.fresh:
                     job.phases["fresh"] = round(self.lab.fresh(host.name), 1)
                 host.fresh = False
-            except LabError as err:
+            except Exception as err:  # noqa: BLE001 (a monitor time-out, a QEMU that will not start: any)
                 host.out_of_service = f"could not be returned to its snapshot: {err}"
                 say(f"{host.name}: {host.out_of_service}")
                 jobs.put(job)  # for another host of this kernel, or graded `error` when none is left
@@ -583,7 +593,8 @@ class Grader:
         if checked.returncode not in (0, 1) or not outcomes:
             return f"the checks did not complete (pytest exit {checked.returncode})"
         for (_part, check), (verdict, reason, _seconds) in outcomes.items():
-            if reason.startswith("no answer within the time limit") or HUNG in reason:
+            hung = verdict == "error" and reason.startswith("not run: ") and f" {HUNG} on " in reason
+            if reason.startswith("no answer within the time limit (>") or hung:
                 return f"{check} ran out of time"
             if check.startswith(("test_kernel_logged_no_oops", "test_kernel_logged_no_warning")) and verdict != "pass":
                 return "the kernel logged an oops or warning"

@@ -23,14 +23,20 @@ VERDICTS = ("pass", "fail", "missing", "error")
 REASON_CHARS = 2000
 # Characters no report shows as they are: C0 and C1 controls (escape sequences) but tab and newline,
 # and what XML 1.0 cannot hold (surrogates left by undecodable bytes, U+FFFE, U+FFFF).
-UNSHOWABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+UNSHOWABLE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # control characters but tab and newline
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"  # invisible and direction-changing ones
+    "\ud800-\udfff\ufffe\uffff]"  # what XML cannot hold
+)
 # Markdown's own characters, escaped with a backslash in a table cell (HTML's are made entities first).
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~!])")
 
 
 def clean(text: str, limit: int = REASON_CHARS) -> str:
     """TEXT (which may hold what a submission printed) with no control characters, cut to LIMIT characters."""
-    text = UNSHOWABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else "?", str(text))
+    text = UNSHOWABLE.sub(
+        lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", str(text)
+    )
     if len(text) > limit:
         text = text[:limit] + f"... (cut: {len(text)} characters; the whole text is in raw/)"
     return text

@@ -117,7 +117,10 @@ class Stager:
         self.directories += 1
         if self.directories > MAX_DIRECTORIES:
             raise Refused(f"{self.student}: more than {MAX_DIRECTORIES} directories; a submission holds sources only")
-        (self.dest / relative).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.dest / relative).mkdir(parents=True, exist_ok=True)
+        except OSError:
+            raise Refused(f"{self.student}: {display(str(relative))} is given as a file and as a directory") from None
 
     def count(self, size: int) -> None:
         """Count a file of SIZE bytes before it is read; Refused past the limits."""
@@ -136,8 +139,13 @@ class Stager:
         target = self.dest / relative
         if target.is_dir():
             raise Refused(f"{self.student}: {display(str(relative))} is given as a file and as a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        if target.exists():
+            raise Refused(f"{self.student}: {display(str(relative))} is given twice")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        except OSError:
+            raise Refused(f"{self.student}: {display(str(relative))} is given as a file and as a directory") from None
         target.chmod(0o644)
 
 
@@ -260,10 +268,13 @@ def parts_root(root: Path, parts: tuple[str, ...]) -> Path:
 
 
 def refuse_inside(source: Path, out: Path) -> None:
-    """Refuse an output directory OUT inside the class directory SOURCE (it would be graded as a student)."""
+    """Refuse an output directory OUT inside the class directory SOURCE (it would be graded as a student), or a
+    class inside OUT (its staging would delete submissions before they are read: a re-grade of OUT/submissions)."""
     source, out = source.resolve(), out.resolve()
     if out == source or source in out.parents:
         raise LabError(f"--out {out} is inside the submissions directory {source}: give a directory outside it")
+    if out in source.parents:
+        raise LabError(f"the submissions directory {source} is inside --out {out}: copy it out, or give another --out")
 
 
 def stage(source: Path, staging: Path, parts: tuple[str, ...]) -> list[Submission]:

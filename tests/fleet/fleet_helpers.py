@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import yaml
@@ -78,12 +80,36 @@ CRASH = re.compile(r"BUG:|Oops|kernel BUG at|general protection fault|detected b
 KERNEL_LOG: dict = {}
 
 
+# How much of the console a check reads: its first and last halves when a module flooded it.
+CONSOLE_READ = 8 * 1024 * 1024
+
+
 def console_lines(since: int | None = None) -> list[str]:
     """The kernel's lines on the console (KERNEL_LOG) from SINCE (a byte offset; default: the log's offset)."""
+    start = KERNEL_LOG["offset"] if since is None else since
     with KERNEL_LOG["path"].open("rb") as console:
-        console.seek(KERNEL_LOG["offset"] if since is None else since)
-        text = console.read().decode(errors="replace")
-    return [line.strip("\r") for line in text.splitlines()]
+        size = console.seek(0, 2)
+        console.seek(start)
+        if size - start <= CONSOLE_READ:
+            data = console.read()
+        else:
+            data = console.read(CONSOLE_READ // 2) + b"\n(console flooded: its middle is not read)\n"
+            console.seek(size - CONSOLE_READ // 2)
+            data += console.read()
+    return [line.strip("\r") for line in data.decode(errors="replace").splitlines()]
+
+
+def console_shows_warnings(host, timeout: float = 15.0) -> bool:
+    """Whether the machine's console still shows a warning: one written to the kernel log now arrives on it.
+    (A module, kernel code, can turn the console down: ignore_loglevel off, a lower console log level.)"""
+    nonce = f"kmodlab-console-check-{uuid.uuid4().hex}"
+    host.run(f"echo '<4>{nonce}' > /dev/kmsg")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(nonce in line for line in console_lines()):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def console_size() -> int | None:

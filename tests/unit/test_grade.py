@@ -506,3 +506,31 @@ def test_a_machine_an_earlier_run_prepared_is_not_prepared_again(tmp_path, monke
         ("deb-12", "6.1.0-1-amd64", True),
         ("deb-13", "6.12.1-amd64", True),
     ]
+
+
+def test_what_a_module_prints_cannot_pass_for_a_time_out():
+    """A reason quoting pytest-timeout's words (a module can print anything) is a plain failure, not a time-out."""
+    for said in ("/proc/hello says: from pytest-timeout", "expected hi, got 'Timeout (>1s) from pytest-timeout'"):
+        reason = readable(f"AssertionError: {said}", "")
+        assert not reason.startswith("no answer within the time limit")
+        assert Grader.trouble(subprocess.CompletedProcess([], 1), {("hello", "test_x"): ("fail", reason, 0.1)}) == ""
+    assert readable("Failed: Timeout (>30.0s) from pytest-timeout.", "") == "no answer within the time limit (>30.0s)"
+
+
+def test_a_job_given_back_by_a_host_that_failed_is_taken_by_another(tmp_path, monkeypatch):
+    """Host a fails to return to its snapshot after host b found the queue empty: b still grades a's job."""
+    g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
+    g.catalogue = {"hello": [BUILD]}
+    g.hosts = [Host("a", "6.1", restorable=True), Host("b", "6.1", restorable=True, fresh=True)]
+
+    def fresh(self, name):
+        if name == "a":
+            time.sleep(0.3)  # b takes the other job meanwhile, and finds the queue empty after it
+            raise TimeoutError("the monitor did not answer")
+        return 1.6
+
+    monkeypatch.setattr(Lab, "fresh", fresh)
+    jobs = g.grade([Submission(f"s{i}", tmp_path, ["hello"]) for i in range(2)])
+    assert [job.verdicts[0].verdict for job in jobs] == ["pass", "pass"], [j.verdicts[0].reason for j in jobs]
+    assert {job.verdicts[0].host for job in jobs} == {"b"}
+    assert g.hosts[0].out_of_service.startswith("could not be returned to its snapshot: the monitor did not answer")
