@@ -435,10 +435,11 @@ class Grader:
             except queue.Empty:
                 return
             started = time.monotonic()
+            deployed = not job.submission.refused and bool(job.submission.parts)  # else nothing reaches the host
             try:
-                if host.restorable and not host.fresh:
+                if deployed and host.restorable and not host.fresh:
                     job.phases["fresh"] = round(self.lab.fresh(host.name), 1)
-                host.fresh = False
+                host.fresh = host.fresh and not deployed
             except Exception as err:  # noqa: BLE001 (a monitor time-out, a QEMU that will not start: any)
                 host.out_of_service = f"could not be returned to its snapshot: {err}"
                 say(f"{host.name}: {host.out_of_service}")
