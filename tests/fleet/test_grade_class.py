@@ -38,7 +38,10 @@ FAULTY = sorted(name for name, v in make_class.VARIANTS.items() if v["kind"] == 
 ATTACKS = sorted(make_class.ATTACKS)
 REFUSED = "mallory"
 # What each run grades, and how: on every kernel, or each submission on one (--one-kernel-each).
-RUNS = {"every-kernel": ["reference", *CORRECT, REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY]}
+# The module that tampers with its machine is graded first on every kernel in the first run too: the
+# reference graded after it on the same machine passes every check.
+TAMPERS = "attack-a1-tampers-with-the-machine"
+RUNS = {"every-kernel": [TAMPERS, "reference", *CORRECT, REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY]}
 
 
 @pytest.fixture(scope="session")
@@ -108,10 +111,10 @@ def test_each_verdict_is_the_one_the_corpus_expects(graded, graded_hosts):
     whole submission, on every kernel; each faulty variant fails the check named for its bug."""
     kernels = set(graded_hosts.values())
     results = [result for run in RUNS for result in verdicts.judge(graded[run]["grades"])]
-    attacked = verdicts.judge_attacks(graded["one-kernel-each"]["grades"])
-    assert sorted(name for name, *_ in attacked) == ATTACKS
+    attacked = [result for run in RUNS for result in verdicts.judge_attacks(graded[run]["grades"])]
+    assert sorted(name for name, *_ in attacked) == sorted([*ATTACKS, TAMPERS, TAMPERS])
     judged = {(student, kernel) for student, kernel, *_ in results}
-    assert {(s, k) for s, k in judged if s not in FAULTY} == {
+    assert {(s, k) for s, k in judged if s not in FAULTY and s not in ATTACKS} == {
         (student, kernel) for student in ("reference", *CORRECT) for kernel in kernels
     }
     assert sorted(student for student, _kernel in judged if student in FAULTY) == FAULTY
@@ -126,15 +129,15 @@ def test_nothing_of_an_attack_ran_on_the_controller(graded):
 
 
 def test_the_tampering_module_was_graded_first_on_each_kernel_and_left_nothing(graded, graded_hosts):
-    """Each kernel graded a tampering module first (it replaced insmod and dmesg, added a modprobe rule that
-    stops my_timer loading and filled the disk there); the my_timer and hello variants graded after it on
-    the same machine loaded (their verdicts: test_each_verdict_is_the_one_the_corpus_expects)."""
-    rows = graded["one-kernel-each"]["grades"]["summary"]
-    first = {}
-    for row in rows:  # in the order graded on each kernel
-        first.setdefault(row["kernel"], row["student"])
-    assert sorted(first.values()) == sorted(name for name in ATTACKS if "tampers" in name)
-    assert len(first) == len(set(graded_hosts.values()))
+    """Each kernel graded a tampering module first in both runs (it replaced insmod and dmesg, added a modprobe
+    rule that stops my_timer loading, filled the disk and stayed loaded there); the reference and the variants
+    graded after it on the same machine loaded (their verdicts: test_each_verdict_is_the_one_the_corpus_expects)."""
+    for run in RUNS:
+        first = {}
+        for row in graded[run]["grades"]["summary"]:  # in the order graded on each kernel
+            first.setdefault(row["kernel"], row["student"])
+        assert len(first) == len(set(graded_hosts.values()))
+        assert all("tampers" in name for name in first.values()), first
     checks = graded["one-kernel-each"]["grades"]["checks"]
     later = [
         row
