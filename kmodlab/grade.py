@@ -229,6 +229,7 @@ class Grader:
         path = os.pathsep.join([str(self.bin), os.environ.get("PATH", os.defpath)])
         self.env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PATH=path)
         self.hosts: list[Host] = []
+        self.build_roots: dict[str, BuildRoot] = {}  # kernel release -> its build root (make_build_roots)
         self.catalogue: dict[str, list[str]] = {}
         self.lock = threading.Lock()
         self.finished_jobs: list[Job] = []
@@ -332,7 +333,7 @@ class Grader:
         """The build root of each kernel release the lab's machines run (--build-on controller): kbuild on the
         controller, in a sandbox. A release with no build root (not a lab machine's, or its headers are not on
         the mirror any more) is built in the machines, as --build-on machine does."""
-        self.build_roots: dict[str, BuildRoot] = {}
+        self.build_roots = {}
         if self.args.build_on != "controller":
             return
         wanted = {(h.distro, h.kernel) for h in self.hosts if h.distro}
@@ -347,28 +348,48 @@ class Grader:
             if host.kernel not in self.build_roots:
                 say(f"{host.name}: kernel {host.kernel}: modules are built in the machine")
 
-    def build_parts(self, job: Job, host: Host, raw: Path) -> tuple[Path | None, dict[str, dict]]:
+    def build_parts(self, job: Job) -> tuple[Path | None, dict[str, dict]]:
         """Build the submission's modules for JOB's kernel on the controller, if it has a build root: the
         directory holding <part>/<part>.ko of those that built (None: build in the machine), and the record
-        of each that did not (as the machine's build would say it)."""
+        of each that did not (as the machine's build would say it). Logs and builds go to the submission's
+        raw/ directory, under the kernel's number among the fleet's kernels."""
         root = self.build_roots.get(job.kernel)
         if root is None:
             return None, {}
-        started = time.monotonic()
-        builds = raw / f"{host.name}.builds"
+        raw = self.raw / job.submission.id
+        raw.mkdir(parents=True, exist_ok=True)
+        kernel = f"kernel{sorted(self.build_roots).index(job.kernel) + 1}"
+        builds = raw / f"{kernel}.builds"
         failed = {}
         for part in job.submission.parts:
             if part == SYSCALLS:
                 continue
             built = build_module(root, job.submission.root / part, part, self.args.build_timeout)
-            (raw / f"{host.name}.{part}.build.log").write_text(built.log)
+            (raw / f"{kernel}.{part}.build.log").write_text(built.log)
             if built.module is None:
                 failed[part] = {"ok": False, "msg": built.message}
                 continue
             (builds / part).mkdir(parents=True, exist_ok=True)
             (builds / part / f"{part}.ko").write_bytes(built.module)
-        job.phases["build"] = round(time.monotonic() - started, 1)
         return builds, failed
+
+    def build_ahead(self, jobs: list[Job]) -> None:
+        """Build every job's modules on the controller, one after the other in the order the hosts take them,
+        while the hosts grade: a job finds its builds made (Job.phases["build"]: the time it still waited)."""
+        self.builder = ThreadPoolExecutor(max_workers=1)
+        self.built = {
+            (job.index, job.kernel): self.builder.submit(self.build_parts, job)
+            for job in sorted(jobs, key=lambda j: j.index)
+            if job.kernel in self.build_roots and not job.submission.refused and job.submission.parts
+        }
+
+    def builds_of(self, job: Job) -> tuple[Path | None, dict[str, dict]]:
+        started = time.monotonic()
+        future = getattr(self, "built", {}).get((job.index, job.kernel))
+        result = future.result() if future else self.build_parts(job)
+        if job.kernel in self.build_roots:
+            job.phases["build"] = round(time.monotonic() - started, 1)
+        return result
 
     def collect(self) -> None:
         """The checks, as the fleet tests name them (collected once, for the first host)."""
@@ -400,6 +421,7 @@ class Grader:
         self.started = time.monotonic()
         self.total = len(submissions)
         self.done = 0
+        self.build_ahead(jobs)
         while True:
             # A host that goes out of service gives its job back; a host of its kernel that had already found
             # the queue empty takes it in the next round.
@@ -414,6 +436,7 @@ class Grader:
                 worker.start()
             for worker in workers:
                 worker.join()
+        self.builder.shutdown(cancel_futures=True)
         for host in self.hosts:  # the lab is left as prepared, not with the last submission loaded
             if host.restorable and not host.fresh and not host.out_of_service:
                 try:
@@ -466,7 +489,7 @@ class Grader:
         raw.mkdir(parents=True, exist_ok=True)
         record_file = raw / f"{host.name}.deploy.json"
         record_file.unlink(missing_ok=True)
-        builds, failed = self.build_parts(job, host, raw)
+        builds, failed = self.builds_of(job)
         console_from = self.console_size(host)
         started = time.monotonic()
         deployed = self.playbook(

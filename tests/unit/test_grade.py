@@ -534,3 +534,25 @@ def test_a_job_given_back_by_a_host_that_failed_is_taken_by_another(tmp_path, mo
     assert [job.verdicts[0].verdict for job in jobs] == ["pass", "pass"], [j.verdicts[0].reason for j in jobs]
     assert {job.verdicts[0].host for job in jobs} == {"b"}
     assert g.hosts[0].out_of_service.startswith("could not be returned to its snapshot: the monitor did not answer")
+
+
+def test_modules_are_built_ahead_in_the_order_the_hosts_take_them(tmp_path, monkeypatch):
+    """While the hosts grade, the controller builds every job's modules, one after the other in the jobs'
+    order (none for a refused submission); a job then finds its builds made and waits for nothing."""
+    g = grader(tmp_path)
+    g.build_roots = {"6.1": "root"}
+    built = []
+
+    def build_parts(job):
+        time.sleep(0.05)
+        built.append(job.index)
+        return tmp_path / f"builds{job.index}", {}
+
+    monkeypatch.setattr(g, "build_parts", build_parts)
+    jobs = [Job(i, Submission(f"s{i}", tmp_path, ["hello"]), "6.1") for i in (2, 0, 1)]
+    jobs.append(Job(3, Submission("s3", refused="a link"), "6.1"))
+    g.build_ahead(jobs)
+    g.builder.shutdown(wait=True)
+    assert built == [0, 1, 2]
+    assert g.builds_of(jobs[0]) == (tmp_path / "builds2", {})
+    assert jobs[0].phases["build"] < 0.05  # made ahead: not waited for
