@@ -197,3 +197,18 @@ def test_the_reports_are_written(graded):
         for student in students:
             assert f"| {student} |" in page
         assert "points" in run["result"].stdout.splitlines()[0]
+
+
+def test_a_grading_machine_reaches_nothing_but_its_ssh_port(request, graded, graded_hosts):
+    """Left as the grader prepared it (isolated, at its snapshot): no route to the controller, its package
+    cache or the mirror; its ssh port still answers (this test reaches it)."""
+    hosts = {h.backend.get_hostname(): h for h in hosts_under_test(request)}
+    for name in graded_hosts:
+        # the controller (ssh), the package cache's forward, QEMU's DNS, the mirror apt is configured with
+        probe = hosts[name].run(
+            "mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null"
+            " | grep -o 'http://[^/ ]*' | head -n 1 | cut -d/ -f3);"
+            " for target in 10.0.2.2/22 10.0.2.100/3142 10.0.2.3/53 ${mirror:-10.0.2.2}/80; do"
+            ' timeout 5 bash -c "echo > /dev/tcp/$target" 2>/dev/null && echo "reached $target"; done; true'
+        )
+        assert probe.rc == 0 and "reached" not in probe.stdout, (name, probe.stdout)

@@ -281,7 +281,7 @@ def test_machines_using_the_cache_are_qemu_processes_forwarded_to_its_port(tmp_p
 
 def test_the_cache_may_fetch_from_port_80_and_the_mirrors_port():
     """AllowUserPorts: 80, and the port of an http mirror on another one."""
-    assert cache_module.allowed_ports("http://deb.debian.org/debian") == "80"
+    assert cache_module.allowed_ports("http://mirror.example/debian") == "80"
     assert cache_module.allowed_ports("http://mirror.example:8080/debian") == "80 8080"
     assert cache_module.allowed_ports("file:///srv/mirror") == "80"
     assert cache_module.allowed_ports(None) == "80"
@@ -359,13 +359,13 @@ def test_the_guest_uses_the_proxy_the_kernel_command_line_names_and_none_without
 
 # The transfer log: lines as apt-cacher-ng writes them (log::transfer, VerboseLog=1: TIME|KIND|BYTES|CLIENT|PATH).
 
-GCC = "deb.debian.org/debian/pool/main/g/gcc-12/gcc-12_12.2.0-14_amd64.deb"
-LIBSTDCXX = "deb.debian.org/debian/pool/main/g/gcc-12/libstdc%2b%2b-12-dev_12.2.0-14_amd64.deb"
+GCC = "mirror.example/debian/pool/main/g/gcc-12/gcc-12_12.2.0-14_amd64.deb"
+LIBSTDCXX = "mirror.example/debian/pool/main/g/gcc-12/libstdc%2b%2b-12-dev_12.2.0-14_amd64.deb"
 SAMPLE = [
     f"1795687203|I|20432|127.0.0.1|{GCC}\n",
     f"1795687203|O|20279|127.0.0.1|{GCC}\n",
-    "1795687204|I|402|127.0.0.1|deb.debian.org/debian/dists/bookworm/InRelease\n",
-    "1795687204|O|264|127.0.0.1|deb.debian.org/debian/dists/bookworm/InRelease\n",
+    "1795687204|I|402|127.0.0.1|mirror.example/debian/dists/bookworm/InRelease\n",
+    "1795687204|O|264|127.0.0.1|mirror.example/debian/dists/bookworm/InRelease\n",
     f"1795687205|O|20279|127.0.0.1|{GCC}\n",
     "1795687206|E|628|127.0.0.1|acng-report.html/ [HTTP error, code: 503]\n",
     "1795687207|M|Starting expiration\n",
