@@ -18,6 +18,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 out=$(realpath -m "$out")
+mkdir -p "$out"
 class=$(mktemp -d)
 trap 'rm -rf "$class"' EXIT
 python tests/corpus/make_class.py "$class" --alone timer-old-proc-api ${variants[@]+"${variants[@]}"}
