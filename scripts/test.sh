@@ -8,7 +8,7 @@ scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> [%s, %d s in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 step "linters: yamllint, ansible-lint (production), ruff"
 yamllint --strict .
@@ -21,3 +21,4 @@ pytest -v tests/unit collections/ansible_collections/kmodlab/fleet/tests tests/m
 
 step "molecule test (converge, idempotence, fleet tests, removal)"
 molecule test
+step "done"

@@ -26,10 +26,11 @@ the removal's, which judge what is left (under their own limit: a hung rmmod the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
-from fleet_helpers import CRASHED, HUNG, KERNEL_LOG, kernel_crash
+from fleet_helpers import CRASHED, HUNG, KERNEL_LOG, STARTED, kernel_crash
 
 # Opt-in markers, in the order their tests run after the others.
 OPT_IN = ("grading", "redeploy", "rollout", "removal", "grade_class")
@@ -145,6 +146,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_configure(config):
+    config.stash[STARTED] = time.monotonic()
     if config.getoption("kernel_log", ""):
         path, _, offset = config.getoption("kernel_log").rpartition("@")
         KERNEL_LOG.update(path=Path(path), offset=int(offset))

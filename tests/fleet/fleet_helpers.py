@@ -10,9 +10,12 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+# When the session began, for progress(): set at the first step said.
+STARTED = pytest.StashKey[float]()
 
 
 def role_defaults(role: str) -> dict:
@@ -160,6 +163,19 @@ def hosts_under_test(request) -> list:
         ansible_inventory=option.ansible_inventory,
         force_ansible=option.force_ansible,
     )
+
+
+def progress(request, message: str) -> None:
+    """Say on the terminal, as it happens, that a long step begins (with the time since the session began)."""
+    started = request.config.stash.setdefault(STARTED, time.monotonic())
+    line = f"\n[{time.monotonic() - started:7.1f} s] {message}"
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if capture is None or reporter is None:
+        print(line, file=sys.stderr)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
 
 
 def run_playbook(request, playbook: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:

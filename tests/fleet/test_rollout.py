@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, run_playbook
+from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, progress, run_playbook
 
 pytestmark = pytest.mark.rollout
 
@@ -125,7 +125,9 @@ def story(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("releases")
     record = {"fleet": fleet}
 
+    say = lambda step: progress(request, f"rollout story: {step}")  # noqa: E731
     # 1. Releases that fail on 6.12 only.
+    say("a release that does not build on 6.12")
     build_fails = make_release(
         root, "1.0.1-buildfail",
         c_after_includes="#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0)\n"
@@ -133,6 +135,7 @@ def story(request, tmp_path_factory):
     )  # fmt: skip
     record["build_fails"] = fleet.deploy("-e", extra_vars(build_fails))
     record["after_build_fails"] = fleet.snapshot()
+    say("a release whose init fails on 6.12")
     init_fails = make_release(
         root, "1.0.2-initfail",
         init_first="\tif (LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0))\n\t\treturn -ENOEXEC;\n",
@@ -140,6 +143,7 @@ def story(request, tmp_path_factory):
     record["init_fails"] = fleet.deploy("-e", extra_vars(init_fails))
     record["after_init_fails"] = fleet.snapshot()
 
+    say("status.yml")
     # 2. The fleet report, against the sources of the last release.
     report = tmp_path_factory.mktemp("status") / "fleet.json"
     record["status"] = run_playbook(
@@ -147,6 +151,7 @@ def story(request, tmp_path_factory):
     )
     record["status_json"] = json.loads(report.read_text()) if report.is_file() else None
 
+    say("a release whose read hangs")
     # A release whose read hangs (20 s, interruptibly): the check's time limit (3 s here) rolls it back.
     slow_read = make_release(
         root, "1.0.4-slowread", c_after_includes="#include <linux/delay.h>\n",
@@ -155,6 +160,7 @@ def story(request, tmp_path_factory):
     record["slow_read"] = fleet.deploy("-e", extra_vars(slow_read, kernel_module_check_timeout=3))
     record["after_slow_read"] = fleet.snapshot()
 
+    say("the 6.12 canary vanishes while it builds")
     # 3. The 6.12 canary vanishes while it builds (the release's Makefile marks the build, then waits).
     # kbuild reads the Makefile several times: only the first read marks and waits; the 60 s wait is
     # the window for the stop, which follows the marker within seconds.
@@ -176,10 +182,12 @@ def story(request, tmp_path_factory):
         record["vanished_rc"] = proc.returncode
     record["vanished"] = vanishing
     record["after_vanished"] = {name: fleet.timer(name) for name in fleet.hosts if name != vanishing}
+    say(f"{vanishing} is started again")
     fleet.lab("start", vanishing)
     fleet.booted(vanishing)
     record["after_restart"] = fleet.timer(vanishing)
 
+    say("a second operator holds a lock")
     # 4. A second operator holds one host's lock.
     locked = fleet.old[0]
     fleet.hosts[locked].run_test(
@@ -190,6 +198,7 @@ def story(request, tmp_path_factory):
     record["locked_seconds"] = time.monotonic() - started
     fleet.hosts[locked].run_test("rm -f /run/kmodlab.lock")
 
+    say("an install interrupted before depmod; the good release returns")
     # 5. An install that was interrupted before depmod; the good release comes back.
     broken = fleet.old[-1]
     fleet.hosts[broken].run_test(
@@ -201,12 +210,14 @@ def story(request, tmp_path_factory):
     record["after_restore"] = fleet.snapshot()
     record["healed"] = fleet.hosts[broken].run("modinfo -n my_timer").stdout.strip()
 
+    say(f"{fleet.old[0]} reboots")
     # 6. A reboot; then a kernel upgrade on a Debian 12 host.
     rebooted = fleet.old[0]
     fleet.lab("reboot", rebooted)
     fleet.booted(rebooted)
     record["after_reboot"] = fleet.timer(rebooted)
     upgraded = fleet.old[-1]
+    say(f"{upgraded} installs the backports kernel")
     h = fleet.hosts[upgraded]
     h.run_test(
         "sed -n 's/^deb \\(\\S*\\) bookworm main.*/deb \\1 bookworm-backports main/p' /etc/apt/sources.list"
@@ -217,12 +228,15 @@ def story(request, tmp_path_factory):
         " linux-image-amd64 linux-headers-amd64"
     )
     assert upgrade.rc == 0, upgrade.stdout[-3000:] + upgrade.stderr[-3000:]
+    say(f"{upgraded} reboots into it")
     fleet.lab("reboot", upgraded)
     fleet.booted(upgraded)
     record["upgraded"] = upgraded
     record["after_upgrade"] = fleet.timer(upgraded)
     record["boot_log"] = h.run("journalctl -b -u kmodlab-modules.service --no-pager").stdout
+    say("the next deploy")
     record["after_upgrade_deploy"] = fleet.deploy()
+    say("done")
     return record
 
 

@@ -15,7 +15,9 @@ options:
     type: int
     default: 300
   ttl:
-    description: Seconds after which a lock is taken to belong to a run that died.
+    description:
+      - Seconds after which a lock not taken or renewed since is taken to belong to a run that died, and
+        taken over. An empty or unreadable lock file is as old as the file (its modification time).
     type: int
     default: 3600
   lock_path:
