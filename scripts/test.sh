@@ -17,7 +17,7 @@ ruff check .
 ruff format --check .
 
 step "pytest: unit tests (lab, settings, collection), module_src build/checkpatch/Part I, lab integration"
-pytest -v tests/unit collections/ansible_collections/kmodlab/fleet/tests tests/module_src tests/lab
+pytest -v --durations=25 tests/unit collections/ansible_collections/kmodlab/fleet/tests tests/module_src tests/lab
 
 step "molecule test (converge, idempotence, fleet tests, removal)"
 molecule test

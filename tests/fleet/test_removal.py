@@ -146,6 +146,29 @@ def test_nothing_loads_at_boot_any_more(host, removed):
         assert not host.file(path).exists, path
 
 
+# Every path kmodlab puts on a host (the deploy lock is given back, so its file goes too; its guard file,
+# /run/kmodlab.lock.guard, stays by design and goes with the next reboot).
+KMODLAB_PATHS = (
+    "/etc/kmodlab",
+    "/var/lib/kmodlab",
+    BUILD_ROOT,
+    "/usr/local/sbin/kmodlab-modules",
+    "/etc/systemd/system/kmodlab-modules.service",
+    "/run/kmodlab.lock",
+)
+
+
+@pytest.mark.reference  # the grader's removal takes off only the builds (GRADER_REMOVAL)
+def test_nothing_of_kmodlab_is_left(host, removed):
+    """remove.yml leaves no path of kmodlab on the host, of any kernel: no state, configuration or build
+    directory, no boot script or unit, no installed module, no lock (one command)."""
+    installed = [f"/lib/modules/*/updates/{name}.ko" for name in sorted(MODULES)]
+    paths = " ".join(map(shlex.quote, KMODLAB_PATHS)) + " " + " ".join(installed)  # the globs unquoted
+    left = host.run(f'for path in {paths}; do if [ -e "$path" ] || [ -L "$path" ]; then echo "$path"; fi; done')
+    assert left.rc == 0, left.stderr
+    assert left.stdout.split() == [], removed["first"][-2000:]
+
+
 def test_part1_files_are_gone(host, removed):
     """The Part I programs and traces are gone."""
     assert not host.file(SYSCALLS_DEST).exists

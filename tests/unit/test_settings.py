@@ -66,8 +66,12 @@ def local_hosts(*names: str) -> dict:
         ('[{"proc_entry": "/proc/timer"}]', "missing required arguments: name"),
         ('"my_timer"', "kmodlab_modules"),
         ('["my_timer"]', "kmodlab_modules"),
+        (
+            '[{"name": "*"}, {"name": "../kernel/fs/x"}]',
+            r"bad module names in kmodlab_modules: \"*\", \"../kernel/fs/x\"",
+        ),
     ],
-    ids=["no name", "not a list", "not a list of dicts"],
+    ids=["no name", "not a list", "not a list of dicts", "a name that is no module name"],
 )
 def test_bad_module_list_fails_at_the_start_naming_the_setting(tmp_path, modules, message):
     """A wrong kmodlab_modules stops the play at its first task with a message naming it."""

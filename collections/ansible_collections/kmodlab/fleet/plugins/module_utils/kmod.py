@@ -7,6 +7,7 @@ run carries out, and it is unit-tested without a machine.
 from __future__ import annotations
 
 # Steps, in the order a plan carries them out.
+RECOVER = "roll back the deployment that did not finish"
 WRITE = "write sources"
 BUILD = "build"
 RECEIVE = "receive the build of another host"
@@ -20,6 +21,7 @@ UNPERSIST = "no longer load at boot"
 REMOVE_INSTALLED = "remove the installed modules of every kernel and run depmod"
 REMOVE_KEPT = "remove the kept modules"
 REMOVE_SOURCES = "remove the sources and build"
+CLEAN = "remove leftovers and empty directories"
 
 
 class Refusal(Exception):
@@ -49,6 +51,9 @@ class Observed(object):
         installed_elsewhere=(),
         kept_any=False,
         autoload_exists=None,
+        foreign_build_dir="",
+        leftovers=(),
+        journal=None,
     ):
         self.kernel = kernel
         self.sources_current = sources_current
@@ -70,6 +75,19 @@ class Observed(object):
         self.kept_any = kept_any  # a kept module of any kernel (or a rollback record) exists
         # the boot-time loader has an entry for this module, current or not
         self.autoload_exists = persisted if autoload_exists is None else autoload_exists
+        # removal: build_dir when it exists but kmodlab did not write it (no sources manifest), else ""
+        self.foreign_build_dir = foreign_build_dir
+        # removal: temporary files and directories interrupted writes left, kmodlab's empty directories
+        self.leftovers = tuple(leftovers)
+        # An unfinished deployment's journal is open: what its rollback brings back, as Observed's fields
+        # (installed, kept, loaded, ...; only those it changes), else None.
+        self.journal = journal
+
+    def recovered(self):
+        """The host as the rollback of the unfinished deployment leaves it (as it was before that deployment)."""
+        state = dict(vars(self), journal=None)
+        state.update(self.journal or {})
+        return Observed(**state)
 
     @property
     def busy(self):
@@ -92,7 +110,12 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
     before it is replaced, so that a release that fails to load or to pass its check can be rolled
     back to it. Without INSTALL the build is loaded as it is (insmod of the .ko in build_dir): nothing
     is installed, indexed or kept, and nothing loads at boot.
+
+    A deployment that did not finish (its journal is open) is rolled back first (RECOVER); the steps
+    after it are those of the host as that rollback leaves it.
     """
+    if observed.journal is not None:
+        return [RECOVER] + plan_present(name, observed.recovered(), persist, prebuilt, install)
     steps = []
     if not observed.sources_current:
         steps.append(WRITE)
@@ -128,7 +151,14 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
 
 
 def plan_absent(name, observed):
-    """The steps that take NAME off the host: unloaded, no installed or kept copy of any kernel, no boot entry."""
+    """The steps that take NAME off the host: unloaded, no installed or kept copy of any kernel, no boot entry,
+    no sources, no leftovers; a build directory kmodlab did not write is refused before anything changes."""
+    if observed.foreign_build_dir:
+        raise Refusal(
+            "%s holds no sources manifest (.kmodlab-sources.json), so kmodlab did not write it; refusing to "
+            "remove it (give the build_dir the module was deployed with). Nothing was changed."
+            % observed.foreign_build_dir
+        )
     steps = []
     if observed.loaded:
         refuse_if_busy(name, observed)
@@ -141,4 +171,6 @@ def plan_absent(name, observed):
         steps.append(REMOVE_KEPT)
     if observed.build_dir_exists:
         steps.append(REMOVE_SOURCES)
+    if observed.leftovers:
+        steps.append(CLEAN)
     return steps

@@ -1,20 +1,34 @@
 """One out-of-tree module on this host: where its files are, what the host holds, and each step done to it.
 
 Shared by kmodlab.fleet.kernel_module (observe, plan, apply, roll back) and kmodlab.fleet.module_status
-(observe and report). Commands run through AnsibleModule.run_command under coreutils' timeout, so a
-hanging build, modprobe, rmmod or /proc read fails with the limit it hit instead of hanging the run.
+(observe and report). Commands with a time limit (build, modprobe, insmod, rmmod, the /proc read, depmod,
+systemctl) run through deadline.run_limited: one that takes longer is stopped and fails its step with the
+limit it hit, and one that cannot be stopped (a process in state D) is left behind and raises Stuck,
+after which nothing more is done to the kernel; the run never hangs on it. Module names are checked
+against MODULE_NAME before any path is made of them.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import time
 
+from ansible_collections.kmodlab.fleet.plugins.module_utils import deadline
+from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  # noqa: F401 (StepFailed, Stuck: re-exported)
+    StepFailed,
+    Stuck,
+    run_limited,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Observed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
+    MANIFEST,
+    ours,
     read_manifest,
     sources_current,
     update_manifest,
@@ -26,17 +40,151 @@ AUTOLOAD_DIR = "/etc/kmodlab/autoload.d"
 BOOT_SCRIPT = "/usr/local/sbin/kmodlab-modules"
 BOOT_UNIT = "/etc/systemd/system/kmodlab-modules.service"
 BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.service"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # changes at each boot
+MODULES_ROOT = "/lib/modules"  # <release>/updates/<name>.ko: the installed modules
+SYSTEMD_RUNNING = "/run/systemd/system"  # exists when systemd runs the host (then it is told the unit went)
+TMP_DIR = "/tmp"  # where the boot service builds (kmodlab-<name>.XXXXXXXX, left by a build that was killed)
+TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sources: .<name>.XXXXXXXX)
+# A module name: what kbuild and modpost accept (modpost refuses 56 characters or more on a 64-bit
+# kernel, MODULE_NAME_LEN), less '-', which kbuild and modprobe turn into '_' (so the loaded module
+# would not be named as its file), and nothing a path or a glob pattern could use.
+MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,55}\Z")
 # The file names of a kernel's own modules, compressed or not.
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 # Run at boot by kmodlab-modules.service: load each module that kernel_module deployed with persist,
 # building and installing it first when the running kernel has none (a kernel upgrade).
 BOOT_SCRIPT_TEXT = r'''#!/usr/bin/python3
-"""Load the modules kmodlab deployed; build them first for a kernel that has none (written by kmodlab)."""
-import glob, json, os, shutil, subprocess, sys, tempfile
+"""Load the modules kmodlab deployed; build them first for a kernel that has none (written by kmodlab).
+
+First it rolls back the files of each deployment that did not finish (its journal is open). Then it
+loads only a build that passed its check on this kernel; a build that has not (a new kernel's) gets
+one first try, recorded before modprobe, so a try that stops the machine is not repeated.
+"""
+import glob, hashlib, json, os, shutil, subprocess, sys, tempfile
+
+# @DEADLINE@
 
 KERNEL = os.uname().release
 MANIFEST = ".kmodlab-sources.json"
+STATE = "/var/lib/kmodlab"
+with open("/proc/sys/kernel/random/boot_id") as boot_id:
+    BOOT_ID = boot_id.read().strip()
+
+
+def sha256(path):
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def read(path):
+    try:
+        with open(path) as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def write_durably(path, data, mode=0o644):
+    """PATH holds DATA (bytes) whole after a crash, or what it held before."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path + ".tmp", mode)
+    os.rename(path + ".tmp", path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def copy_durably(source, path):
+    with open(source, "rb") as handle:
+        write_durably(path, handle.read())
+
+
+def record_of(name):
+    """NAME's state record (kernel_module writes it too): passed and failed (kernel -> sha256 of the build
+    that passed its check there, or failed its first try at boot), trial, proc_entry, rolled_back."""
+    try:
+        with open("%s/state/%s.json" % (STATE, name)) as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        record = {}
+    return record if isinstance(record, dict) else {}
+
+
+def save_record(name, record):
+    write_durably("%s/state/%s.json" % (STATE, name), (json.dumps(record, sort_keys=True) + "\n").encode())
+
+
+def roll_back(path):
+    """Put back the files the deployment of journal PATH replaced (it did not finish: its run died, or the
+    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does."""
+    with open(path) as handle:
+        journal = json.load(handle)
+    name, kernel, before = journal["name"], journal["kernel"], journal["before"]
+    if journal["boot_id"] == BOOT_ID:  # the service started again while a deploy runs: that run rolls it back
+        return "%s: a deployment is under way; not loaded" % name
+    installed = "/lib/modules/%s/updates/%s.ko" % (kernel, name)
+    kept = "%s/kept/%s/%s.ko" % (STATE, kernel, name)
+    kept_before = path[: -len(".json")] + ".kept"
+    if sha256(installed) != before["installed"]:
+        if before["installed"] is None:
+            os.unlink(installed)
+        elif sha256(kept) == before["installed"]:
+            copy_durably(kept, installed)
+        else:
+            raise RuntimeError("the previous %s.ko is lost: the kept copy is another build" % name)
+    if sha256(kept) != before["kept"]:
+        if before["kept"] is None:
+            os.unlink(kept)
+        elif sha256(kept_before) == before["kept"]:
+            copy_durably(kept_before, kept)
+        else:
+            raise RuntimeError("the kept %s.ko the deployment replaced is lost" % name)
+    entry = "/etc/kmodlab/autoload.d/%s.json" % name
+    if read(entry) != before["autoload"]:
+        if before["autoload"] is None:
+            os.unlink(entry)
+        else:
+            write_durably(entry, (before["autoload"] + "\n").encode())
+    if os.path.isdir("/lib/modules/%s" % kernel) and run_limited(["depmod", "-a", kernel], 300, "depmod")[0] != 0:
+        raise RuntimeError("depmod -a %s failed" % kernel)
+    message = "rolled back at boot: the deployment of %s (version %s) begun %s did not finish; %s" % (
+        name,
+        journal["new"]["version"] or "-",
+        journal["time"],
+        "the previous module is installed again" if before["installed"] else "there was no previous module",
+    )
+    record = record_of(name)
+    record["rolled_back"] = message
+    save_record(name, record)
+    os.unlink(path)
+    if os.path.lexists(kept_before):
+        os.unlink(kept_before)
+    return message
+
+
+def check(proc_entry):
+    """Why the loaded module fails kernel_module's check (its /proc entry answers a read), or None."""
+    if proc_entry and not os.path.exists(proc_entry):
+        return "loaded, but %s does not exist" % proc_entry
+    if proc_entry and run_limited(["head", "-c", "65536", proc_entry], 10, "reading " + proc_entry)[0] != 0:
+        return "reading %s failed" % proc_entry
+    return None
+
+
+def modprobe(name):
+    rc, out, err = run_limited(["modprobe", name], 120, "modprobe")
+    print(out + err, end="", flush=True)
+    return rc == 0
 
 
 def build(name, sources, installed):
@@ -50,15 +198,17 @@ def build(name, sources, installed):
         for file_name in files:
             shutil.copy(os.path.join(sources, file_name), work)
         print("%s: building for kernel %s from %s" % (name, KERNEL, sources), flush=True)
-        make = subprocess.run(["timeout", "-k", "10", "900", "make", "-C", kdir, "M=" + work, "modules"])
-        if make.returncode != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
+        rc, out, err = run_limited(["make", "-C", kdir, "M=" + work, "modules"], 900, "make")
+        if rc != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
+            print(out + err, end="", flush=True)
             return "build for kernel %s failed" % KERNEL
         os.makedirs(os.path.dirname(installed), exist_ok=True)
         shutil.copyfile(os.path.join(work, name + ".ko"), installed + ".tmp")
         os.rename(installed + ".tmp", installed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    subprocess.run(["depmod", "-a", KERNEL], check=True)
+    if run_limited(["depmod", "-a", KERNEL], 300, "depmod")[0] != 0:
+        return "depmod -a %s failed" % KERNEL
     return None
 
 
@@ -66,29 +216,92 @@ def load(entry):
     with open(entry) as handle:
         module = json.load(handle)
     name = module["name"]
-    # The sources of the release that last passed its check; else the build directory's.
-    sources = module.get("sources", "")
-    if not os.path.isfile(os.path.join(sources, MANIFEST)):
-        sources = module["build_dir"]
+    if os.path.lexists("%s/journal/%s.json" % (STATE, name)):
+        return "%s: a deployment of it is open (under way, or not rolled back); not loaded" % name
     installed = "/lib/modules/%s/updates/%s.ko" % (KERNEL, name)
     if not os.path.isfile(installed):
+        # Only from the sources of the release that last passed its check: never a release that did not.
+        sources = module.get("sources", "")
+        if not os.path.isfile(os.path.join(sources, MANIFEST)):
+            return "%s: no module for kernel %s, and no release that passed its check to build; run deploy.yml" % (
+                name,
+                KERNEL,
+            )
         error = build(name, sources, installed)
         if error:
             return "%s: %s" % (name, error)
-    result = subprocess.run(["timeout", "-k", "10", "120", "modprobe", name])
-    return None if result.returncode == 0 else "%s: modprobe failed" % name
+    record = record_of(name)
+    trial = record.pop("trial", None)
+    if trial and trial.get("boot_id") != BOOT_ID:  # that boot never finished the try: the machine stopped
+        record.setdefault("failed", {})[trial["kernel"]] = trial["sha"]
+        record["rolled_back"] = "not loaded at boot: the first try of its build for kernel %s did not finish" % (
+            trial["kernel"]
+        )
+        save_record(name, record)
+    sha = sha256(installed)
+    if record.get("passed", {}).get(KERNEL) == sha:
+        return None if modprobe(name) else "%s: modprobe failed" % name
+    if record.get("failed", {}).get(KERNEL) == sha:
+        return "%s: not loaded: this build failed its first try on kernel %s; run deploy.yml" % (name, KERNEL)
+    # The first try of this build on this kernel: recorded (durably) before modprobe.
+    record["trial"] = {"kernel": KERNEL, "sha": sha, "boot_id": BOOT_ID}
+    save_record(name, record)
+    print("%s: first try of this build on kernel %s" % (name, KERNEL), flush=True)
+    loaded = False
+    try:
+        loaded = modprobe(name)
+        error = check(record.get("proc_entry")) if loaded else "modprobe failed"
+    except Stuck:
+        raise  # the trial stays: the next boot counts it as failed
+    except StepFailed as err:
+        error = str(err)
+    del record["trial"]
+    if not error:
+        record.setdefault("passed", {})[KERNEL] = sha
+        save_record(name, record)
+        return None
+    record.setdefault("failed", {})[KERNEL] = sha
+    record["rolled_back"] = "not loaded at boot: the first try of its build for kernel %s failed: %s" % (KERNEL, error)
+    save_record(name, record)
+    if loaded and run_limited(["rmmod", name], 120, "rmmod")[0] != 0:
+        error += "; rmmod failed too, so it is still loaded"
+    return "%s: %s" % (name, error)
 
 
 failed = 0
+for journal in sorted(glob.glob("%s/journal/*.json" % STATE)):
+    try:
+        print(roll_back(journal), flush=True)
+    except Stuck as err:
+        print("%s: %s" % (journal, err), flush=True)
+        sys.exit(1)
+    except Exception as err:  # its module is not loaded (load() finds the journal open)
+        print("%s: not rolled back: %s" % (journal, err), flush=True)
+        failed += 1
 for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
     try:
         error = load(entry)
+    except Stuck as err:  # a command the kernel holds: touch it no more (TimeoutStartSec bounds the rest)
+        print("%s: %s" % (entry, err), flush=True)
+        sys.exit(1)
     except Exception as err:  # one module's trouble must not keep the others from loading
         error = "%s: %s" % (entry, err)
     print(error or "%s: loaded" % os.path.basename(entry)[: -len(".json")], flush=True)
     failed += error is not None
 sys.exit(1 if failed else 0)
 '''
+
+
+def _source_of(module):
+    """The source of MODULE as it was imported (a file here, the zip Ansible ships a module in on a host)."""
+    text = module.__spec__.loader.get_source(module.__spec__.name)
+    if not text:
+        raise ImportError("no source of %s to write into the boot script" % module.__name__)
+    return text
+
+
+# The deadline runner, as it is, so the boot service stops (or leaves behind) a command as a deploy does.
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @DEADLINE@\n", _source_of(deadline))
 
 BOOT_UNIT_TEXT = (
     """# Written by kmodlab: load the deployed kernel modules at boot (building them for a new kernel).
@@ -100,12 +313,34 @@ After=local-fs.target systemd-modules-load.service
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=%s
+# Bounds the whole run (each command has its own limit; one the kernel holds is left behind).
+TimeoutStartSec=1800
 
 [Install]
 WantedBy=multi-user.target
 """
     % BOOT_SCRIPT
 )
+
+
+def name_error(name):
+    """Why NAME cannot be a module's name (a message), or None when it can."""
+    if isinstance(name, str) and MODULE_NAME.match(name):
+        return None
+    hint = " (kbuild and modprobe load a-b.ko as a_b: write '_')" if isinstance(name, str) and "-" in name else ""
+    return "bad module name %r: a module name is 1 to 55 letters, digits and '_'%s; nothing was changed" % (
+        name,
+        hint,
+    )
+
+
+def rmdir_if_empty(path):
+    """Remove the directory PATH if it is empty; return whether it did."""
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty, not there, not a directory
+        return False
+    return True
 
 
 def sha256_of(data):
@@ -135,6 +370,27 @@ def write_file(path, text, mode=0o644):
         handle.write(text)
     os.chmod(path + ".tmp", mode)
     os.rename(path + ".tmp", path)
+
+
+def write_durably(path, data, mode=0o644):
+    """PATH holds DATA (str or bytes) whole after a crash, or what it held before (fsync, rename, fsync dir)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path + ".tmp", mode)
+    os.rename(path + ".tmp", path)
+    directory = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def copy_durably(source, path, mode=0o644):
+    with open(source, "rb") as handle:
+        write_durably(path, handle.read(), mode)
 
 
 def elf_section(path, wanted):
@@ -176,14 +432,12 @@ def modinfo_field(path, field):
     return ""
 
 
-class StepFailed(Exception):
-    """A step failed; the message says which and why."""
-
-
 class ModuleOnHost(object):
     """Module NAME built in BUILD_DIR on this host, for the running kernel."""
 
     def __init__(self, module, name, build_dir, limits=None, install=True):
+        if name_error(name):  # every caller checks first; no path is ever made of a bad name
+            raise ValueError(name_error(name))
         self.module = module
         self.install_build = install  # False: the build is loaded from build_dir (insmod), never installed
         self.name = name
@@ -192,29 +446,40 @@ class ModuleOnHost(object):
         self.kdir = "/lib/modules/%s/build" % self.kernel
         self.kernel_tree = "/lib/modules/%s/kernel" % self.kernel  # the running kernel's own modules
         self.installed = self.installed_for(self.kernel)
-        self.kept = os.path.join(STATE_DIR, "kept", self.kernel, name + ".ko")
+        self.kept = self.kept_for(self.kernel)
         self.built = os.path.join(build_dir, name + ".ko")
         self.sysfs = "/sys/module/%s" % name
         self.autoload = os.path.join(AUTOLOAD_DIR, name + ".json")
         self.record = os.path.join(STATE_DIR, "state", name + ".json")
         # The sources of the release that last passed its check: what the boot service builds from.
         self.good_sources = os.path.join(STATE_DIR, "good", name)
-        self.limits = dict({"build": 600, "load": 60, "check": 10}, **(limits or {}))
+        # What the host held before the deployment under way (and the kept copy it replaces): rolled back to
+        # when the deployment fails, or by the next run or boot when it did not finish.
+        self.journal = os.path.join(STATE_DIR, "journal", name + ".json")
+        self.journal_kept = os.path.join(STATE_DIR, "journal", name + ".kept")
+        self.limits = dict({"build": 600, "load": 60, "check": 10, "depmod": 300}, **(limits or {}))
 
     def installed_for(self, kernel):
-        return "/lib/modules/%s/updates/%s.ko" % (kernel, self.name)
+        return os.path.join(MODULES_ROOT, kernel, "updates", self.name + ".ko")
+
+    def kept_for(self, kernel):
+        return os.path.join(STATE_DIR, "kept", kernel, self.name + ".ko")
 
     def run(self, args, what, limit=None):
-        """Run ARGS; a non-zero exit (or the time limit) raises StepFailed with the output's last lines."""
+        """Run ARGS; a non-zero exit raises StepFailed with the output's last lines.
+
+        With LIMIT (seconds) it runs under deadline.run_limited: taking longer raises TimedOut, and a
+        command that cannot be stopped raises Stuck (both StepFailed); without, under run_command.
+        """
         argv = [self.module.get_bin_path(args[0], required=True)] + list(args[1:])
         if limit:
-            argv = [self.module.get_bin_path("timeout", required=True), "-k", "5", str(limit)] + argv
-        rc, out, err = self.module.run_command(argv)
-        if limit and rc in (124, 137):
-            raise StepFailed("%s took longer than %d s (time limit) and was stopped" % (what, limit))
+            rc, out, err = run_limited(argv, limit, what)
+        else:
+            rc, out, err = self.module.run_command(argv)
         if rc != 0:
             tail = "\n".join((out + err).splitlines()[-30:])
-            raise StepFailed("%s failed (exit %d):\n%s" % (what, rc, tail))
+            how = "exit %d" % rc if rc > 0 else "killed by signal %d" % -rc
+            raise StepFailed("%s failed (%s):\n%s" % (what, how, tail))
         return out
 
     # Observe: read-only.
@@ -265,7 +530,7 @@ class ModuleOnHost(object):
     def observe(self, files=None):
         loaded = self.loaded()
         holders = sorted(os.listdir(self.sysfs + "/holders")) if os.path.isdir(self.sysfs + "/holders") else []
-        others = [path for path in glob.glob("/lib/modules/*/updates/%s.ko" % self.name) if path != self.installed]
+        others = [path for path in glob.glob(self.installed_for("*")) if path != self.installed]
         observed = Observed(
             kernel=self.kernel,
             installed=sha256(self.installed),
@@ -279,8 +544,10 @@ class ModuleOnHost(object):
             installed_elsewhere=sorted(others),
             kept_any=bool(glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko")))
             or os.path.lexists(self.record)
-            or os.path.lexists(self.good_sources),
+            or os.path.lexists(self.good_sources)
+            or os.path.lexists(self.journal),
             autoload_exists=os.path.lexists(self.autoload),
+            journal=self.journal_before(),
         )
         if files is not None:
             observed.sources_current = sources_current(self.build_dir, files)
@@ -291,15 +558,77 @@ class ModuleOnHost(object):
                 observed.installed_srcversion = self.file_identity(self.installed)
             if loaded and observed.built is not None and not self.install_build:
                 observed.built_srcversion = self.file_identity(self.built)
+        else:  # removal
+            if observed.build_dir_exists and not ours(self.build_dir):
+                observed.foreign_build_dir = self.build_dir
+            observed.leftovers = self.leftovers()
         return observed
 
     def last_rollback(self):
         """The reason of the last rollback of this module, or None when its last deployment succeeded."""
+        return self.read_record().get("rolled_back")
+
+    def read_record(self):
+        """The state record (the boot service writes it too): passed and failed (kernel -> sha256 of the build
+        that passed its check there, or failed its first try at boot), trial (a first try at boot under
+        way), proc_entry (what the boot service reads to check a first try), rolled_back (why)."""
         try:
             with open(self.record) as handle:
-                return json.load(handle).get("rolled_back")
+                record = json.load(handle)
         except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def boot_id(self):
+        return read(BOOT_ID)
+
+    def read_journal(self):
+        """The journal of a deployment of this module that did not finish (or is under way), or None."""
+        try:
+            with open(self.journal) as handle:
+                return json.load(handle)
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as err:
+            raise StepFailed("cannot read the journal %s: %s" % (self.journal, err)) from None
+
+    def same_boot(self, journal):
+        """Whether JOURNAL's deployment ran on this boot (else a reboot since took its new build off)."""
+        return journal["boot_id"] == self.boot_id() and journal["kernel"] == self.kernel
+
+    def journal_before(self):
+        """What the rollback of an unfinished deployment brings back, as Observed's fields; None: no journal."""
+        journal = self.read_journal()
+        if journal is None:
+            return None
+        if journal["kernel"] != self.kernel:
+            return {}  # it brings back another kernel's files
+        before = journal["before"]
+        fields = ["installed", "installed_srcversion", "kept", "persisted"]
+        fields += ["loaded", "loaded_srcversion"] if self.same_boot(journal) else []
+        predicted = {key: before[key] for key in fields}
+        return dict(predicted, in_depmod=True, autoload_exists=before["autoload"] is not None)
+
+    def journal_differs(self, journal):
+        """What of the host is not as it was before the deployment JOURNAL records (empty: all is)."""
+        kernel, before = journal["kernel"], journal["before"]
+        differs = []
+        if sha256(self.installed_for(kernel)) != before["installed"]:
+            differs.append("installed module")
+        if sha256(self.kept_for(kernel)) != before["kept"]:
+            differs.append("kept module")
+        if read(self.autoload, None) != before["autoload"]:
+            differs.append("boot entry")
+        if self.same_boot(journal):
+            loaded = self.loaded()
+            if loaded != before["loaded"] or (loaded and self.loaded_identity() in journal["new"]["identities"]):
+                differs.append("loaded module")
+        return differs
+
+    def identities(self, path):
+        """The identities the build at PATH shows when it is loaded (loaded_identity() gives one of them)."""
+        note = elf_section(path, b".note.gnu.build-id")
+        return (["build-id:" + note.hex()] if note else []) + ["srcversion:" + self.srcversion_of(path)]
 
     # Steps.
 
@@ -351,22 +680,17 @@ class ModuleOnHost(object):
         update_manifest(self.build_dir, {"built_for": self.kernel})
 
     def keep(self):
-        os.makedirs(os.path.dirname(self.kept), exist_ok=True)
-        shutil.copyfile(self.installed, self.kept + ".tmp")
-        os.rename(self.kept + ".tmp", self.kept)
+        copy_durably(self.installed, self.kept)
 
     def install_from(self, source):
-        os.makedirs(os.path.dirname(self.installed), exist_ok=True)
-        shutil.copyfile(source, self.installed + ".tmp")
-        os.chmod(self.installed + ".tmp", 0o644)
-        os.rename(self.installed + ".tmp", self.installed)
+        copy_durably(source, self.installed)
         self.depmod()
 
     def install(self):
         self.install_from(self.built)
 
     def depmod(self, kernel=None):
-        self.run(["depmod", "-a", kernel or self.kernel], "depmod")
+        self.run(["depmod", "-a", kernel or self.kernel], "depmod", self.limits["depmod"])
 
     def unload(self):
         self.run(["rmmod", self.name], "rmmod", self.limits["load"])
@@ -379,7 +703,10 @@ class ModuleOnHost(object):
 
     def persist(self):
         write_file(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)
+        unit_changed = os.path.lexists(BOOT_UNIT) and read(BOOT_UNIT) != BOOT_UNIT_TEXT.strip()
         write_file(BOOT_UNIT, BOOT_UNIT_TEXT)
+        if unit_changed:  # an older unit (without TimeoutStartSec): systemd reads the new one
+            self.reload_systemd()
         if os.path.realpath(BOOT_WANTS) != BOOT_UNIT:
             if os.path.lexists(BOOT_WANTS):
                 os.unlink(BOOT_WANTS)
@@ -398,34 +725,96 @@ class ModuleOnHost(object):
         if os.path.lexists(self.autoload):
             os.unlink(self.autoload)
         if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
-            for path in (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT):
+            unit_went = os.path.lexists(BOOT_UNIT) or os.path.lexists(BOOT_WANTS)
+            for path in (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp"):
                 if os.path.lexists(path):
                     os.unlink(path)
+            if unit_went:
+                self.reload_systemd()
+        self.tidy()
+
+    def reload_systemd(self):
+        """Have systemd read its units again (a unit file changed or went), when systemd runs the host."""
+        if os.path.isdir(SYSTEMD_RUNNING):
+            self.run(["systemctl", "daemon-reload"], "systemctl daemon-reload", self.limits["depmod"])
 
     def remove_installed(self):
-        for path in sorted(glob.glob("/lib/modules/*/updates/%s.ko" % self.name)):
+        for path in sorted(glob.glob(self.installed_for("*"))):
             os.unlink(path)
-            kernel = path.split("/")[3]
-            if os.path.isdir("/lib/modules/%s/kernel" % kernel) or os.path.isfile(
-                "/lib/modules/%s/modules.order" % kernel
+            kernel_dir = os.path.dirname(os.path.dirname(path))
+            if os.path.isdir(os.path.join(kernel_dir, "kernel")) or os.path.isfile(
+                os.path.join(kernel_dir, "modules.order")
             ):
-                self.depmod(kernel)
+                self.depmod(os.path.basename(kernel_dir))
+        self.tidy()
 
     def remove_kept(self):
         for path in glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko")):
             os.unlink(path)
-            if not os.listdir(os.path.dirname(path)):
-                os.rmdir(os.path.dirname(path))
-        if os.path.lexists(self.record):
-            os.unlink(self.record)
+        for path in (self.record, self.journal, self.journal_kept):
+            if os.path.lexists(path):
+                os.unlink(path)
         if os.path.isdir(self.good_sources):
             shutil.rmtree(self.good_sources)
+        self.tidy()
 
     def remove_sources(self):
-        if os.path.islink(self.build_dir) or not os.path.isdir(self.build_dir):
-            os.unlink(self.build_dir)
-        else:
-            shutil.rmtree(self.build_dir)
+        if not ours(self.build_dir):  # observed before; looked at again right before
+            raise StepFailed(
+                "%s holds no %s, so kmodlab did not write it; refusing to remove it" % (self.build_dir, MANIFEST)
+            )
+        shutil.rmtree(self.build_dir)
+        self.tidy()
+
+    def leftovers(self):
+        """What interrupted writes and boot builds of this module left (temporary files and directories), and
+        kmodlab's directories that are empty: what removal takes away after the module's own files."""
+        name = self.name
+        found = glob.glob(os.path.join(MODULES_ROOT, "*", "updates", name + ".ko.tmp"))
+        found += glob.glob(os.path.join(AUTOLOAD_DIR, name + ".*.tmp"))
+        found += glob.glob(os.path.join(os.path.dirname(self.build_dir), ".%s.%s" % (name, TEMP_SUFFIX)))
+        found += glob.glob(os.path.join(TMP_DIR, "kmodlab-%s.%s" % (name, TEMP_SUFFIX)))
+        for directory, subdirectories, files in os.walk(STATE_DIR):
+            found += [os.path.join(directory, f) for f in files if f.startswith(name + ".") and f.endswith(".tmp")]
+            temporary = [d for d in subdirectories if fnmatch.fnmatchcase(d, ".%s.%s" % (name, TEMP_SUFFIX))]
+            found += [os.path.join(directory, d) for d in temporary]
+            subdirectories[:] = [d for d in subdirectories if d not in temporary]
+        if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
+            found += [path for path in (BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp") if os.path.lexists(path)]
+        return sorted(set(found)) + self.empty_directories()
+
+    def kmodlab_directories(self):
+        """The directories removal takes away when they are empty, innermost first: updates/ of each kernel,
+        the state directories, /etc/kmodlab and the build root.
+
+        The build root is one only when it is named kmodlab (as /usr/local/src/kmodlab): a build_dir given
+        elsewhere (/opt/m) does not make its parent kmodlab's.
+        """
+        directories = glob.glob(os.path.join(MODULES_ROOT, "*", "updates"))
+        directories += [directory for directory, _, _ in os.walk(STATE_DIR, topdown=False)]
+        directories += [AUTOLOAD_DIR, os.path.dirname(AUTOLOAD_DIR)]
+        build_root = os.path.dirname(self.build_dir.rstrip("/"))
+        if os.path.basename(build_root) == "kmodlab":
+            directories.append(build_root)
+        return directories
+
+    def empty_directories(self):
+        return [path for path in self.kmodlab_directories() if os.path.isdir(path) and not os.listdir(path)]
+
+    def tidy(self):
+        """Remove kmodlab's directories that are empty now. An updates/ that goes takes its kernel's
+        directory with it when that is empty too (a kernel whose package was removed since)."""
+        for path in self.kmodlab_directories():
+            if rmdir_if_empty(path) and os.path.basename(path) == "updates":
+                rmdir_if_empty(os.path.dirname(path))
+
+    def remove_leftovers(self):
+        for path in self.leftovers():
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.unlink(path)
+        self.tidy()
 
     def check(self, proc_entry):
         """The module is loaded and its /proc entry answers a read within the time limit; returns facts."""
@@ -440,9 +829,83 @@ class ModuleOnHost(object):
         return facts
 
     def record_outcome(self, rolled_back):
-        """Remember whether the last deployment was rolled back (module_status reports it)."""
-        if rolled_back is None:
-            if os.path.lexists(self.record):
-                os.unlink(self.record)
-            return
-        write_file(self.record, json.dumps({"rolled_back": rolled_back, "kernel": self.kernel}) + "\n")
+        """Remember why the last deployment was rolled back (module_status reports it)."""
+        self.write_record(dict(self.read_record(), rolled_back=rolled_back, kernel=self.kernel))
+
+    def write_record(self, record):
+        write_durably(self.record, json.dumps(record, sort_keys=True) + "\n")
+
+    # The journal.
+
+    def open_journal(self):
+        """Write down what the host holds before a deployment replaces any of it - the installed, loaded and
+        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's)."""
+        loaded, installed = self.loaded(), sha256(self.installed)
+        before = {
+            "installed": installed,
+            "installed_srcversion": self.file_identity(self.installed) if loaded and installed else "",
+            "loaded": loaded,
+            "loaded_srcversion": self.loaded_identity() if loaded else "",
+            "kept": sha256(self.kept),
+            "persisted": self.persisted(),
+            "autoload": read(self.autoload, None),
+        }
+        version = self.run(["modinfo", "-F", "version", self.built], "modinfo").strip()
+        new = {"sha": sha256(self.built), "version": version, "identities": self.identities(self.built)}
+        if before["kept"] is not None:
+            copy_durably(self.kept, self.journal_kept)
+        journal = {
+            "name": self.name,
+            "kernel": self.kernel,
+            "boot_id": self.boot_id(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "new": new,
+            "before": before,
+        }
+        write_durably(self.journal, json.dumps(journal, indent=1, sort_keys=True) + "\n")
+
+    def restore_files(self, journal):
+        """Put back the files the deployment JOURNAL records replaced: the installed module of its kernel (the
+        kept copy, or none), the kept copy (the one beside the journal, or none), the boot entry; depmod."""
+        kernel, before = journal["kernel"], journal["before"]
+        installed, kept = self.installed_for(kernel), self.kept_for(kernel)
+        if sha256(installed) != before["installed"]:
+            if before["installed"] is None:
+                os.unlink(installed)
+            elif sha256(kept) == before["installed"]:
+                copy_durably(kept, installed)
+            else:
+                raise StepFailed("the previous %s.ko is lost: the kept copy is another build" % self.name)
+        if sha256(kept) != before["kept"]:
+            if before["kept"] is None:
+                os.unlink(kept)
+            elif sha256(self.journal_kept) == before["kept"]:
+                copy_durably(self.journal_kept, kept)
+            else:
+                raise StepFailed("the kept %s.ko the deployment replaced is lost" % self.name)
+        if read(self.autoload, None) != before["autoload"]:
+            if before["autoload"] is None:
+                self.unpersist()
+            else:
+                write_durably(self.autoload, before["autoload"] + "\n")
+        if os.path.isdir(os.path.join(MODULES_ROOT, kernel)):
+            self.depmod(kernel)
+
+    def close_journal(self):
+        for path in (self.journal, self.journal_kept):
+            if os.path.lexists(path):
+                os.unlink(path)
+
+    def commit(self, files, proc_entry):
+        """The release passed its check: its build is recorded as passed on this kernel (what the boot service
+        loads), the journal closed, and FILES (None: unchanged) kept as what the boot service builds."""
+        record = self.read_record()
+        committed = dict(record, passed=dict(record.get("passed", {}), **{self.kernel: sha256(self.installed)}))
+        committed["proc_entry"] = proc_entry or ""
+        committed.pop("rolled_back", None)
+        committed.pop("kernel", None)
+        if committed != record:
+            self.write_record(committed)
+        self.close_journal()
+        if files is not None:
+            self.save_good_sources(files)

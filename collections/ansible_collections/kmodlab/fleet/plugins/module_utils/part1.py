@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 
+from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import TimedOut, run_limited
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     read_manifest,
     sources_current,
@@ -41,7 +42,8 @@ def checked_key(dest, expected):
 
 
 # Seconds `make check` (build both programs, trace them, compare) may take: a part1 that never ends
-# must not hold the deploy (or a grading run) forever.
+# must not hold the deploy (or a grading run) forever. It runs under deadline.run_limited, which stops
+# it (its process group: strace and the programs too) or, when it cannot be stopped, leaves it behind.
 CHECK_TIMEOUT = 300
 
 
@@ -56,11 +58,11 @@ def check(module, dest, expected):
     if key is not None and remembered.get("key") == key:
         return True, remembered["facts"]
     make = module.get_bin_path("make", required=True)
-    limit = [module.get_bin_path("timeout", required=True), "-k", "5", str(CHECK_TIMEOUT)]
-    rc, out, err = module.run_command(limit + [make, "-C", dest, "check", "EXPECTED=%d" % expected])
+    try:
+        rc, out, err = run_limited([make, "-C", dest, "check", "EXPECTED=%d" % expected], CHECK_TIMEOUT, "make check")
+    except TimedOut as failure:  # stopped, or left behind (Stuck): the check failed, and says why
+        rc, out, err = None, failure.out, failure.err + "\n%s" % failure
     facts = {"output": out + err}
-    if rc in (124, 137):
-        facts["output"] += "\nmake check took longer than %d s (time limit) and was stopped" % CHECK_TIMEOUT
     match = re.search(r"^difference: (-?\d+) ", out, re.MULTILINE)
     if match:
         facts["difference"] = int(match.group(1))

@@ -64,14 +64,27 @@ def digest(files):
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
+def ours(dest):
+    """Whether DEST is a directory kmodlab wrote (it holds the manifest) or an empty one: what may be replaced
+    or removed. A symbolic link, a file or a directory of someone else's files is not."""
+    if os.path.islink(dest) or not os.path.isdir(dest):
+        return False
+    return os.path.isfile(os.path.join(dest, MANIFEST)) or not os.listdir(dest)
+
+
 def refuse_symlinks(dest):
-    """Fail when DEST, or anything directly in it, is a symbolic link (writing there would go elsewhere)."""
+    """Fail when DEST, or anything directly in it, is a symbolic link (writing there would go elsewhere), or
+    when DEST holds files but no manifest (kmodlab did not write them; writing replaces the directory)."""
     if os.path.islink(dest):
         raise SourceError("%s is a symbolic link; refusing to write sources through it" % dest)
     if os.path.isdir(dest):
         for entry in os.listdir(dest):
             if os.path.islink(os.path.join(dest, entry)):
                 raise SourceError("%s is a symbolic link; refusing to replace it" % os.path.join(dest, entry))
+        if not ours(dest):
+            raise SourceError(
+                "%s holds files but no %s, so kmodlab did not write it; refusing to replace it" % (dest, MANIFEST)
+            )
     elif os.path.exists(dest):
         raise SourceError("%s exists and is not a directory" % dest)
 

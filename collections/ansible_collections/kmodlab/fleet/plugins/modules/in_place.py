@@ -20,6 +20,11 @@ description:
     turn (M(kmodlab.fleet.host_lock)), and a rollout that stops before that turn leaves no lock behind.
     C(reasons) says what differs.
   - In check mode no lock is taken.
+  - A module C(name) that is no module name (1 to 55 letters, digits and C(_), as
+    M(kmodlab.fleet.kernel_module) takes it) fails the task before the lock is taken.
+  - The read of a /proc entry runs under O(check_timeout) as M(kmodlab.fleet.kernel_module)'s check does;
+    a read that cannot be stopped (a process in state D) is left behind and fails the task (the lock is
+    given back; nothing more is done to the kernel).
 options:
   packages:
     description: Debian packages that must be installed.
@@ -105,7 +110,13 @@ import re
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Refusal, plan_present
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, sha256_of
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
+    ModuleOnHost,
+    StepFailed,
+    Stuck,
+    name_error,
+    sha256_of,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
     LOCK_ARGUMENT_SPEC,
     LockBusy,
@@ -163,6 +174,8 @@ def module_reasons(module, spec, limit):
         return ["%s: its last release was rolled back" % name], {}
     try:
         facts = host.check(spec.get("proc_entry") or None)
+    except Stuck:
+        raise  # the host fails: nothing more is done to its kernel
     except StepFailed as err:
         return ["%s: %s" % (name, err)], {}
     return [], {"name": name, "version": facts["version"], "srcversion": facts["srcversion"]}
@@ -198,6 +211,9 @@ def main():
     path, owner = params["lock_path"], params["owner"]
     kernel = os.uname().release
     result = {"changed": False, "ansible_facts": {"kernel": kernel}, "waited": 0.0, "modules": [], "part1": {}}
+    for spec in params["modules"]:  # before the lock and before any path is made of a name
+        if name_error(spec.get("name")):
+            module.fail_json(msg=name_error(spec.get("name")), in_place=False, reasons=[], **result)
     before = read_lock(path)
     result["holder"] = before.get("owner", "") if before else ""
     if not module.check_mode:  # check mode takes no lock: it changes nothing a second run could trip on
@@ -217,6 +233,8 @@ def main():
             if params["part1"]:
                 why, result["part1"] = part1_reasons(module, params["part1"])
                 reasons += why
+        except Stuck as err:  # a read of a /proc entry the kernel holds: the host needs a reboot
+            module.fail_json(msg="%s; nothing more was done to the kernel" % err, **result)
         except (SourceError, StepFailed, KeyError, OSError) as err:
             reasons.append("cannot tell: %s" % err)  # the steps that follow report it properly
     finally:

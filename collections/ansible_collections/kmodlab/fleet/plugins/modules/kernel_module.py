@@ -18,24 +18,51 @@ description:
     written to O(build_dir) only when its vermagic equals the running kernel's (read from one of the
     kernel's own modules); otherwise the step fails before anything is installed, as a failed build does.
     The sources are still written, for the boot service's build after a kernel upgrade.
-  - Before an installed module is replaced it is kept (C(/var/lib/kmodlab/kept/<release>/)). A release that
-    fails to build, install, load or pass its check is rolled back - the kept module is installed and
-    loaded again and checked, or, when there was none, no module is left - and the task fails with a
-    message that starts C(rolled back) and gives the reason. The outcome is recorded for
-    M(kmodlab.fleet.module_status).
+  - Before an installed module is replaced it is kept (C(/var/lib/kmodlab/kept/<release>/)), and what the
+    host holds is written to a journal, C(/var/lib/kmodlab/journal/<name>.json) (the installed, loaded and
+    kept module and the boot entry; the kept copy it replaces beside it). A release that fails to build,
+    install, load or pass its check is rolled back to exactly that - the new build is unloaded, the
+    previous module (or none) installed, the kept copy and the boot entry put back, and the previous
+    module loaded and checked only if it was loaded before - and the task fails with a message that
+    starts C(rolled back), gives the reason and says what is loaded now (for example that the new build
+    is still loaded because rmmod failed). The journal is closed when the host holds again what it held
+    before, or when the release passes its check; then its build is recorded as passed on the running
+    kernel. The outcome is recorded for M(kmodlab.fleet.module_status).
+  - A run that finds a journal left open (a run that died, or a machine that stopped, during a
+    deployment) rolls that deployment back before anything else (step C(roll back the deployment that did
+    not finish), shown in check mode too), warns and returns it in RV(recovered), then deploys as usual.
+    The task fails when the host cannot be brought back to what it held before.
   - With O(install=false) the build is loaded as it is (insmod from O(build_dir)), and a build that fails
     to build, load or pass its check leaves no build of the module loaded (the task fails saying so);
     an installed copy from an earlier deployment is neither used, nor changed, nor removed.
-  - With O(persist=true) the module is loaded at boot by C(kmodlab-modules.service), which first builds
-    it from the kept sources when the running kernel has none (a kernel upgrade).
-  - Build, modprobe (insmod), rmmod and the read of O(proc_entry) run under time limits; hitting one fails the step.
-  - With O(state=absent), unloads the module and removes the installed modules of every kernel, the kept
-    modules, the boot entry and the sources, and runs depmod.
+  - With O(persist=true) the module is loaded at boot by C(kmodlab-modules.service). The service first
+    rolls back any deployment whose journal is open; then it loads only a build that passed its check on
+    the running kernel. For a kernel that has none (a kernel upgrade) it builds the sources of the release
+    that last passed its check (never a release that did not); the first try of such a build is recorded
+    before modprobe, so a try that stops the machine is not repeated at the next boot.
+  - Build, modprobe (insmod), rmmod, depmod and the read of O(proc_entry) run under time limits, with no
+    pipe to the command and in a process group of their own. A command that takes longer is sent SIGTERM,
+    after 5 s SIGKILL, and its step fails (and is rolled back); one that still has not ended 5 s later
+    (a process in state D, which the kernel holds) is left behind and the task fails at once with
+    C(<command> (pid <pid>, state D) did not end within <limit> s and could not be stopped; left behind;
+    reboot the host; nothing more was done to the kernel) - no rollback, no unload.
+  - With O(state=absent), unloads the module and removes the installed modules of every kernel (running
+    depmod for each kernel that is installed), the kept modules, the state records, the boot entry and
+    the sources, then the temporary files and directories interrupted writes of this module left; then
+    each directory of kmodlab that is empty - C(updates/) of each kernel (and the kernel's directory when
+    that is empty too), C(/var/lib/kmodlab) and the directories in it, C(/etc/kmodlab), the build root
+    when it is named C(kmodlab). When the boot unit goes, systemd is reloaded (when it runs the host).
   - A module that is in use is refused, in check mode too, before anything is changed. Bad source file
-    names, sources that are not UTF-8 and a symbolic link at O(build_dir) are refused the same way.
+    names, sources that are not UTF-8, a symbolic link at O(build_dir) and a O(build_dir) kmodlab did not
+    write (no C(.kmodlab-sources.json) in it, and not empty; removal refuses a file there too) are
+    refused the same way.
 options:
   name:
-    description: Module name; the build must produce C(<name>.ko).
+    description:
+      - Module name; the build must produce C(<name>.ko).
+      - 1 to 55 letters, digits and C(_) (what kbuild makes a module's name of; modpost refuses longer
+        names, and kbuild and modprobe load C(a-b.ko) as C(a_b), so C(-) is refused too). Any other name is
+        refused before the host is looked at, in check mode too.
     type: str
     required: true
   state:
@@ -133,20 +160,26 @@ rolled_back:
   type: str
   returned: when a release failed and was rolled back
   sample: "rolled back: on kernel 6.12.117+deb13-amd64, modprobe failed (exit 1): ...; the previous ..."
+recovered:
+  description: The rollback of a deployment that did not finish, done before anything else, and what it left.
+  type: str
+  returned: when a journal was found open (not in check mode)
+  sample: "rolled back the deployment of my_timer (version 1.1) begun 2025-01-01T10:00:00Z that did not finish; ..."
 """
 
-import contextlib
 import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
+    CLEAN,
     DEPMOD,
     INSTALL,
     KEEP,
     LOAD,
     PERSIST,
     RECEIVE,
+    RECOVER,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
     REMOVE_SOURCES,
@@ -157,7 +190,14 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     plan_absent,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, sha256_of
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
+    ModuleOnHost,
+    StepFailed,
+    Stuck,
+    name_error,
+    read,
+    sha256_of,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
     decode_build,
@@ -179,10 +219,12 @@ STEP_METHODS = {
     REMOVE_INSTALLED: "remove_installed",
     REMOVE_KEPT: "remove_kept",
     REMOVE_SOURCES: "remove_sources",
+    CLEAN: "remove_leftovers",
 }
 
-# Once the new module is installed, the host no longer holds what it ran before: a failure is rolled back.
-REPLACING = (INSTALL,)
+# The steps that replace what the host holds: the journal is written before the first of them, and
+# from then on a failure (or a run that dies) is rolled back to what the journal says.
+REPLACING = (KEEP, INSTALL)
 
 
 class KernelModule(object):
@@ -211,33 +253,89 @@ class KernelModule(object):
         except OSError as err:  # disk full, read-only file system: a failed step like any other
             raise StepFailed("%s failed: %s" % (action, err)) from None
 
-    def roll_back(self, reason, replaced):
-        """Bring back the module that ran before this release, or none if there was none; then fail."""
+    def what_runs(self, new=None, errors=(), files_back=False):
+        """What the host runs now, as it shows it; NEW is the deployment's new build (journal), ERRORS
+        what went wrong bringing back the previous module, FILES_BACK whether its files are back."""
         host = self.host
-        try:
-            if replaced:
-                if host.loaded():
-                    # If this fails, the old module was never unloaded: it is the one to keep.
-                    with contextlib.suppress(StepFailed):
-                        host.unload()
-                if os.path.isfile(host.kept):
-                    host.install_from(host.kept)
-                elif os.path.exists(host.installed):
-                    os.unlink(host.installed)
-                    host.depmod()
-            if os.path.isfile(host.installed):
-                if not host.loaded():
-                    host.load()
+        if host.loaded() and new is not None and host.loaded_identity() in new["identities"]:
+            now = "the new build (version %s) is still loaded" % (new["version"] or "-")
+        elif host.loaded():
+            try:
                 facts = host.check(self.module.params["proc_entry"])
                 now = "the previous %s (version %s) is loaded and answers" % (self.name, facts["version"] or "-")
-            else:
-                now = "there was no previous module, so none is loaded"
-        except StepFailed as err:
+            except StepFailed as err:
+                version = read(host.sysfs + "/version") or "-"
+                now = "the previous %s (version %s) is loaded, but its check fails: %s" % (self.name, version, err)
+        elif os.path.isfile(host.installed):
+            now = "the previous %s is installed, not loaded" % self.name
+        else:
+            now = "there was no previous module, so none is loaded"
+        if errors:
+            now += ": " + "; ".join(errors)
+            if files_back:
+                now += "; the files are the previous release's"
+        return now
+
+    def restore(self, journal):
+        """Bring back what the host held before the deployment JOURNAL records: the installed module, the
+        kept copy and the boot entry; the new build unloaded, and the previous module loaded again only
+        where it was loaded. Returns what the host runs now, and whether it holds all it held before (then
+        the journal is closed; else it stays open for the next run or boot)."""
+        host, before, new = self.host, journal["before"], journal["new"]
+        errors = []
+        try:
+            host.restore_files(journal)
+        except Stuck:
+            raise  # the kernel holds a command of ours: nothing more is done to it
+        except (StepFailed, OSError) as err:
+            errors.append("restoring its files failed: %s" % err)
+        if host.same_boot(journal):  # else the reboot since took the new build off
+            try:
+                if host.loaded() and (not before["loaded"] or host.loaded_identity() in new["identities"]):
+                    host.unload()
+                if before["loaded"] and not host.loaded() and not errors:
+                    host.load()
+            except Stuck:
+                raise
+            except StepFailed as err:
+                errors.append(str(err))
+        differs = host.journal_differs(journal)
+        now = self.what_runs(new, errors, not set(differs) & {"installed module", "kept module", "boot entry"})
+        if differs:
+            return "%s (%s not as before; the journal stays open)" % (now, ", ".join(differs)), False
+        host.close_journal()
+        return now, True
+
+    def roll_back(self, reason):
+        """Bring back what the host held before this release (its journal), or, when nothing was replaced
+        yet (a failed build), leave it as it is; then fail, saying what runs now."""
+        host = self.host
+        try:
+            journal = host.read_journal()
+            now = self.what_runs() if journal is None else self.restore(journal)[0]
+        except (StepFailed, OSError) as err:
             now = "and the rollback failed too: %s" % err
         message = "rolled back: %s; %s" % (reason, now)
         host.record_outcome(message)
         self.result["rolled_back"] = message
         self.fail(message)
+
+    def recover(self):
+        """Roll back a deployment that did not finish (a run that died, a machine that stopped) before
+        anything else, and say so; fail when the host cannot be brought back to what it held before."""
+        journal = self.host.read_journal()
+        now, done = self.restore(journal)
+        message = "rolled back the deployment of %s (version %s) begun %s that did not finish; %s" % (
+            self.name,
+            journal["new"]["version"] or "-",
+            journal["time"],
+            now,
+        )
+        self.host.record_outcome(message)
+        self.result.update(changed=True, actions=[RECOVER], recovered=message)
+        self.module.warn(message)
+        if not done:
+            self.fail(message)
 
     def take_off(self, reason):
         """install=false: a build that failed to build, load or pass its check leaves no build of the module
@@ -251,27 +349,41 @@ class KernelModule(object):
         self.fail("%s; %s" % (reason, now))
 
     def present(self, plan):
-        replaced = False
+        journaled = False
         try:
             for action in plan:
-                replaced = replaced or action in REPLACING
+                if action in REPLACING and not journaled:
+                    try:
+                        self.host.open_journal()  # what the host holds, before anything of it is replaced
+                    except OSError as err:
+                        raise StepFailed("writing the journal failed: %s" % err) from None
+                    journaled = True
                 self.step(action)
             self.result.update(self.host.check(self.module.params["proc_entry"]))
         except StepFailed as err:
             reason = "on kernel %s, %s" % (self.host.kernel, err)
+            if isinstance(err, Stuck):  # the kernel holds a command of ours: no rollback, no unload, nothing more
+                self.fail("%s; nothing more was done to the kernel" % reason)
             if not self.module.params["install"]:
                 self.take_off(reason)
-            if not (replaced or BUILD in plan or RECEIVE in plan):
+            if not (journaled or BUILD in plan or RECEIVE in plan):
                 self.fail(str(err))
-            self.roll_back(reason, replaced)
+            self.roll_back(reason)
         if not self.module.params["install"]:
             return  # a deployment's sources and rollback record are left as they are
-        if plan:
-            try:
-                self.host.save_good_sources(self.files)  # what the boot service builds for a new kernel
-            except OSError as err:
-                self.fail("the release works, but saving its sources failed: %s" % err)
-        self.host.record_outcome(None)
+        try:
+            # Passed on this kernel (what the boot service loads), the journal closed; with a plan, these
+            # sources are what the boot service builds for a new kernel.
+            self.host.commit(self.files if plan else None, self.module.params["proc_entry"])
+        except OSError as err:
+            self.fail("the release works, but recording it failed: %s" % err)
+
+    def plan(self):
+        params = self.module.params
+        observed = self.host.observe(self.files)
+        if params["state"] == "absent":
+            return plan_absent(self.name, observed)
+        return plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt), params["install"])
 
     def main(self):
         params = self.module.params
@@ -282,11 +394,10 @@ class KernelModule(object):
                 if params["prebuilt"]:
                     self.prebuilt = decode_build(self.name, params["prebuilt"])
                 refuse_symlinks(params["build_dir"])
-            observed = self.host.observe(self.files)
-            if present:
-                plan = plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt), params["install"])
-            else:
-                plan = plan_absent(self.name, observed)
+            plan = self.plan()
+            if plan[:1] == [RECOVER] and not self.module.check_mode:
+                self.recover()  # before anything else; then the plan of the host it left
+                plan = [RECOVER] + self.plan()
         except (SourceError, Refusal, StepFailed) as err:
             self.fail(str(err))
         self.result["actions"] = plan
@@ -296,7 +407,7 @@ class KernelModule(object):
         if self.module.check_mode:
             self.module.exit_json(**self.result)
         if present:
-            self.present(plan)
+            self.present([action for action in plan if action != RECOVER])
         else:
             try:
                 for action in plan:
@@ -326,6 +437,8 @@ def main():
         required_if=[("state", "present", ["files"])],
         supports_check_mode=True,
     )
+    if name_error(module.params["name"]):  # before any path is made of it, in check mode too
+        module.fail_json(msg=name_error(module.params["name"]), changed=False, actions=[])
     KernelModule(module).main()
 
 

@@ -10,10 +10,13 @@ short_description: Report the state of out-of-tree kernel modules deployed by ke
 description:
   - For each module, observes the host as M(kmodlab.fleet.kernel_module) does and reports its state,
     version, srcversion, whether it drifted from the given sources, whether it is loaded at boot, and
-    why its last release was rolled back, if it was. Changes nothing and reads no /proc entry.
+    why its last release was rolled back, if it was (by a run, or by the boot service), or that a
+    deployment did not finish (its journal is open). Changes nothing and reads no /proc entry.
 options:
   modules:
-    description: The modules, each with C(name), C(build_dir) and C(files) (base64, as kernel_module takes them).
+    description:
+      - The modules, each with C(name), C(build_dir) and C(files) (base64, as kernel_module takes them).
+      - A C(name) that is no module name (1 to 55 letters, digits and C(_)) fails the task before the host is read.
     type: list
     elements: dict
     required: true
@@ -45,7 +48,10 @@ modules:
       description: The module name.
       type: str
     state:
-      description: C(loaded), C(installed, not loaded), C(missing) or C(rolled back).
+      description:
+        - C(loaded), C(installed, not loaded), C(missing), C(rolled back) or C(interrupted).
+        - C(interrupted) means that a deployment (or its rollback) did not finish (its journal is open); the
+          next run, or the boot service, rolls it back.
       type: str
     version:
       description: MODULE_VERSION of the loaded module, else of the installed file; empty if none.
@@ -60,7 +66,7 @@ modules:
       description: Whether the module is loaded at boot.
       type: bool
     rolled_back:
-      description: Why the last release was rolled back; empty when it was not.
+      description: Why the last release was rolled back, or which deployment did not finish; empty when neither.
       type: str
 """
 
@@ -68,11 +74,15 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import PERSIST, UNPERSIST, Refusal, plan_present
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, read
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, name_error, read
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
+
+INTERRUPTED = "the deployment of %s (version %s) begun %s did not finish; the next run or boot rolls it back"
 
 
 def report(module, spec):
+    if name_error(spec["name"]):
+        raise SourceError(name_error(spec["name"]))
     host = ModuleOnHost(module, spec["name"], spec["build_dir"])
     files = decode_files(spec["files"])
     observed = host.observe(files)
@@ -81,6 +91,10 @@ def report(module, spec):
     except Refusal:
         drift = True
     rolled_back = host.last_rollback() or ""
+    journal = host.read_journal()
+    if journal is not None:
+        interrupted = INTERRUPTED % (host.name, journal["new"]["version"] or "-", journal["time"])
+        rolled_back = "%s (%s)" % (interrupted, rolled_back) if rolled_back else interrupted
     if observed.loaded:
         state = "loaded"
         version, srcversion = read(host.sysfs + "/version"), read(host.sysfs + "/srcversion")
@@ -92,7 +106,7 @@ def report(module, spec):
         srcversion = host.srcversion_of(host.installed)
     return {
         "name": host.name,
-        "state": "rolled back" if rolled_back else state,
+        "state": "interrupted" if journal is not None else "rolled back" if rolled_back else state,
         "version": version,
         "srcversion": srcversion,
         "drift": drift,

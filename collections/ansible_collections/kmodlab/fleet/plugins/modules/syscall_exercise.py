@@ -14,7 +14,11 @@ description:
   - Observes, plans, then carries out the plan; check mode reports the same plan. It reports changed
     only when sources are written or the traces are made anew (sources changed, or C(make -q) finds a
     trace missing or older than its program).
-  - Bad source file names and sources that are not UTF-8 are refused before anything is changed.
+  - Bad source file names, sources that are not UTF-8, and a O(dest) that holds files kmodlab did not write
+    (no C(.kmodlab-sources.json)) or symbolic links are refused before anything is changed.
+  - C(make check) runs under a time limit of 300 s with no pipe to it, in a process group of its own;
+    it is stopped at the limit (SIGTERM, then SIGKILL), or left behind if it cannot be stopped; the check fails
+    and its output says why.
 options:
   files:
     description:

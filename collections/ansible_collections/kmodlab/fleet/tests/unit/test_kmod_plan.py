@@ -11,6 +11,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     LOAD,
     PERSIST,
     RECEIVE,
+    RECOVER,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
     REMOVE_SOURCES,
@@ -170,3 +171,19 @@ def test_without_install_a_new_build_or_another_loaded_build_is_reloaded():
 
 def test_without_install_a_boot_entry_is_taken_away():
     assert plan_present("m", deployed(built_srcversion="SRC-A"), install=False) == [UNPERSIST]
+
+
+def test_an_unfinished_deployment_is_rolled_back_first():
+    """A journal is open (a run died after installing sha-b over sha-a): RECOVER first, then the steps of the
+    host as the rollback leaves it - so the new build is installed again, under a journal of its own (the
+    old plan, [UNLOAD, LOAD], loaded the new build with nothing to roll back to)."""
+    before = {"installed": "sha-a", "installed_srcversion": "SRC-A", "kept": "sha-a", "persisted": True,
+              "loaded": True, "loaded_srcversion": "SRC-A", "in_depmod": True, "autoload_exists": True}  # fmt: skip
+    interrupted = deployed(built="sha-b", installed="sha-b", installed_srcversion="SRC-B", journal=before)
+    assert plan_present("m", interrupted) == [RECOVER, INSTALL, UNLOAD, LOAD]
+    nothing = {"installed": None, "installed_srcversion": "", "kept": None, "persisted": False,
+               "loaded": False, "loaded_srcversion": "", "in_depmod": True, "autoload_exists": False}  # fmt: skip
+    first = Observed(kernel=K, built_for=K, built="sha-b", installed="sha-b", journal=nothing)
+    assert plan_present("m", first) == [RECOVER, INSTALL, LOAD, PERSIST]
+    # A journal of another kernel's deployment changes nothing of this kernel's plan.
+    assert plan_present("m", deployed(journal={})) == [RECOVER]
