@@ -154,6 +154,8 @@ KMODLAB_PATHS = (
     BUILD_ROOT,
     "/usr/local/sbin/kmodlab-modules",
     "/etc/systemd/system/kmodlab-modules.service",
+    "/etc/kernel/postinst.d/kmodlab",
+    "/etc/kernel/header_postinst.d/kmodlab",
     "/run/kmodlab.lock",
 )
 
@@ -161,7 +163,8 @@ KMODLAB_PATHS = (
 @pytest.mark.reference  # the grader's removal takes off only the builds (GRADER_REMOVAL)
 def test_nothing_of_kmodlab_is_left(host, removed):
     """remove.yml leaves no path of kmodlab on the host, of any kernel: no state, configuration or build
-    directory, no boot script or unit, no installed module, no lock (one command)."""
+    directory, no build logs, no boot script or unit, no kernel hooks, no installed module, no lock (one
+    command)."""
     installed = [f"/lib/modules/*/updates/{name}.ko" for name in sorted(MODULES)]
     paths = " ".join(map(shlex.quote, KMODLAB_PATHS)) + " " + " ".join(installed)  # the globs unquoted
     left = host.run(f'for path in {paths}; do if [ -e "$path" ] || [ -L "$path" ]; then echo "$path"; fi; done')

@@ -11,8 +11,9 @@ and records what it saw; the tests then assert on the record:
    batch fails and no other host is touched; the machine is started again and loads its modules at boot;
 4. a second operator's lock makes a deploy wait, then fail clearly;
 5. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
-6. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers,
-   reboots into it and has the modules built and loaded at boot; the next deploy brings it up to date.
+6. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers: their
+   installation builds the modules for it (kmodlab's kernel hooks), before the reboot; it reboots into it
+   and has the modules loaded at boot with no build there; the next deploy brings it up to date.
 """
 
 from __future__ import annotations
@@ -228,6 +229,16 @@ def story(request, tmp_path_factory):
         " linux-image-amd64 linux-headers-amd64"
     )
     assert upgrade.rc == 0, upgrade.stdout[-3000:] + upgrade.stderr[-3000:]
+    record["upgrade_output"] = upgrade.stdout + upgrade.stderr
+    # Before the reboot: what the kernel hooks built for the new kernel, and the new kernel's own vermagic.
+    new_release = h.check_output("ls /lib/modules | sort -V | tail -n 1")
+    own = h.check_output(f"find /lib/modules/{new_release}/kernel -name '*.ko*' | sort | head -n 1")
+    record["new_release"] = new_release
+    record["new_vermagic"] = h.check_output(f"modinfo -F vermagic {own}")
+    record["prebuilt"] = {
+        name: h.run(f"modinfo -F vermagic /lib/modules/{new_release}/updates/{name}.ko").stdout.strip()
+        for name in MODULES
+    }
     say(f"{upgraded} reboots into it")
     fleet.lab("reboot", upgraded)
     fleet.booted(upgraded)
@@ -352,12 +363,28 @@ def test_a_reboot_loads_the_modules_again(story):
     assert after["version"] == GOOD and after["answers"] and after["hello"], after
 
 
-def test_a_new_kernel_gets_the_modules_built_and_loaded_at_boot(story):
-    """The host boots the backports kernel; kmodlab-modules.service built and loaded both modules."""
+def test_installing_a_new_kernel_builds_the_modules_for_it_before_the_reboot(story):
+    """apt-get install of the backports kernel and headers ran kmodlab's kernel hooks: before the reboot, each
+    module is installed under the new kernel's updates/, built for it (its vermagic is the new kernel's)."""
+    new, output = story["new_release"], story["upgrade_output"]
+    assert kernel_tuple(new) >= NEW_KERNEL, new
+    assert story["new_vermagic"].split()[0] == new, story["new_vermagic"]
+    for name, vermagic in story["prebuilt"].items():
+        assert vermagic == story["new_vermagic"], (name, vermagic, output[-3000:])
+        assert f"{name}: built for kernel {new} and installed" in output or (
+            f"{name}: kernel {new} has a build of it already" in output
+        ), output[-3000:]
+
+
+def test_a_new_kernel_loads_the_modules_at_boot_without_building_them(story):
+    """The host boots the backports kernel; kmodlab-modules.service loaded both modules, the builds the hooks
+    made, each after its first try passed its check, and built nothing at boot."""
     after, fleet, name = story["after_upgrade"], story["fleet"], story["upgraded"]
     assert kernel_tuple(after["kernel"]) >= NEW_KERNEL > kernel_tuple(fleet.kernel[name]), after
+    assert after["kernel"] == story["new_release"]
     assert after["version"] == GOOD and after["answers"] and after["hello"], (after, story["boot_log"])
-    assert "my_timer: building for kernel" in story["boot_log"]
+    assert "building for kernel" not in story["boot_log"], story["boot_log"]
+    assert f"my_timer: first try of this build on kernel {after['kernel']}" in story["boot_log"], story["boot_log"]
 
 
 def test_the_next_deploy_brings_the_upgraded_host_up_to_date(story):

@@ -19,10 +19,11 @@ import re
 import shutil
 import time
 
-from ansible_collections.kmodlab.fleet.plugins.module_utils import deadline
+from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, deadline
 from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  # noqa: F401 (StepFailed, Stuck: re-exported)
     StepFailed,
     Stuck,
+    TimedOut,
     run_limited,
 )
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Observed
@@ -49,27 +50,45 @@ TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sourc
 # kernel, MODULE_NAME_LEN), less '-', which kbuild and modprobe turn into '_' (so the loaded module
 # would not be named as its file), and nothing a path or a glob pattern could use.
 MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,55}\Z")
-# The file names of a kernel's own modules, compressed or not.
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+# Debian's kernel packages run these when a kernel (postinst.d) or its headers (header_postinst.d) are
+# installed: they build the modules for it (KERNEL_HOOK_TEXT). header_postinst.d is removed with our hook
+# when it is empty then (no Debian package but dkms, which puts its own hook there, ships it); postinst.d
+# is apt's and stays.
+POSTINST_HOOK = "/etc/kernel/postinst.d/kmodlab"
+HEADER_POSTINST_HOOK = "/etc/kernel/header_postinst.d/kmodlab"
 
 # Run at boot by kmodlab-modules.service: load each module that kernel_module deployed with persist,
-# building and installing it first when the running kernel has none (a kernel upgrade).
+# building and installing it first when the running kernel has none (a kernel upgrade whose kernel hooks
+# could not build it). Run with --kernel-installed RELEASE by the kernel hooks (KERNEL_HOOK_TEXT) when a
+# kernel or its headers are installed: build, check the vermagic of and install each module for that
+# kernel, loading nothing.
 BOOT_SCRIPT_TEXT = r'''#!/usr/bin/python3
 """Load the modules kmodlab deployed; build them first for a kernel that has none (written by kmodlab).
 
 First it rolls back the files of each deployment that did not finish (its journal is open). Then it
 loads only a build that passed its check on this kernel; a build that has not (a new kernel's) gets
 one first try, recorded before modprobe, so a try that stops the machine is not repeated.
+
+With --kernel-installed RELEASE (the kernel hooks in /etc/kernel/postinst.d and header_postinst.d run
+it so when a kernel or its headers are installed) it builds each module for kernel RELEASE from the
+sources of the release that last passed its check, checks the build's vermagic and installs it, unless
+that kernel has a build already; it loads nothing. Each build's log and result are kept in
+/var/lib/kmodlab/logs/<name>/<release>/ (make.log, build.json).
 """
 import glob, hashlib, json, os, shutil, subprocess, sys, tempfile
 
 # @DEADLINE@
 
+# @BUILDS@
+
 KERNEL = os.uname().release
 MANIFEST = ".kmodlab-sources.json"
 STATE = "/var/lib/kmodlab"
-with open("/proc/sys/kernel/random/boot_id") as boot_id:
-    BOOT_ID = boot_id.read().strip()
+try:
+    with open("/proc/sys/kernel/random/boot_id") as boot_id:
+        BOOT_ID = boot_id.read().strip()
+except OSError:  # a kernel hook run where /proc is not mounted (a chroot): it loads nothing
+    BOOT_ID = None
 
 
 def sha256(path):
@@ -187,28 +206,99 @@ def modprobe(name):
     return rc == 0
 
 
-def build(name, sources, installed):
-    kdir = "/lib/modules/%s/build" % KERNEL
+def sources_digest(sources):
+    """The digest of the sources in directory SOURCES (its manifest's), or None when it holds none."""
+    try:
+        with open(os.path.join(sources, MANIFEST)) as handle:
+            return json.load(handle)["digest"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def has_build(name, sources, release):
+    """Whether kernel RELEASE has a build of NAME to load: an installed one, unless it is a build of ours
+    (the boot service's, the kernel hooks') from other sources than SOURCES, the release that passed since."""
+    installed = "/lib/modules/%s/updates/%s.ko" % (release, name)
+    if not os.path.isfile(installed):
+        return False
+    build = read_build(STATE, name, release)
+    if build is None or build.get("by") == "deploy" or build.get("sha256") != sha256(installed):
+        return True
+    digest = sources_digest(sources)
+    return digest is None or build.get("sources") == digest
+
+
+def vermagic_of(path):
+    rc, out, err = run_limited(["modinfo", "-F", "vermagic", path], 60, "modinfo")
+    return out.strip() if rc == 0 else ""
+
+
+def vermagic_error(built, release):
+    """Why the build at BUILT is not one for kernel RELEASE (its vermagic), or None; and its vermagic."""
+    theirs = vermagic_of(built)
+    own = kernel_module_file("/lib/modules/%s/kernel" % release)
+    ours = vermagic_of(own) if own else ""
+    if theirs.split(" ")[0] != release or (ours and theirs != ours):
+        expected = ours or "%s ..." % release
+        return "its vermagic is '%s', but kernel %s's is '%s'" % (theirs, release, expected), theirs
+    return None, theirs
+
+
+def build_env():
+    """The environment of a build: none of the make variables of a kernel's own `make install` (its hooks
+    run under it), which would make kbuild build that kernel instead of the module."""
+    drop = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", "sub_make_done")
+    return {key: value for key, value in os.environ.items() if key not in drop}
+
+
+def build(name, sources, release, by):
+    """Build NAME from the sources in SOURCES for kernel RELEASE, check its vermagic, install it and run
+    depmod; keep the log and record the result (BY: who builds). Returns why it failed, or None."""
+    kdir = "/lib/modules/%s/build" % release
+    installed = "/lib/modules/%s/updates/%s.ko" % (release, name)
+    digest = sources_digest(sources)
     if not os.path.isfile(os.path.join(kdir, "Makefile")):
-        return "no module and no headers for kernel %s; run deploy.yml" % KERNEL
+        message = (
+            "no headers for kernel %s (%s has no Makefile): install linux-headers-%s, whose installation "
+            "builds it; else the boot service builds it at that kernel's first boot" % (release, kdir, release)
+        )
+        write_log(STATE, name, release, message + "\n")
+        record_build(STATE, name, release, by, NO_HEADERS, message, digest)
+        return message
     with open(os.path.join(sources, MANIFEST)) as handle:
         files = json.load(handle)["files"]
     work = tempfile.mkdtemp(prefix="kmodlab-%s." % name)
     try:
         for file_name in files:
             shutil.copy(os.path.join(sources, file_name), work)
-        print("%s: building for kernel %s from %s" % (name, KERNEL, sources), flush=True)
-        rc, out, err = run_limited(["make", "-C", kdir, "M=" + work, "modules"], 900, "make")
-        if rc != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
-            print(out + err, end="", flush=True)
-            return "build for kernel %s failed" % KERNEL
-        os.makedirs(os.path.dirname(installed), exist_ok=True)
-        shutil.copyfile(os.path.join(work, name + ".ko"), installed + ".tmp")
-        os.rename(installed + ".tmp", installed)
+        print("%s: building for kernel %s from %s" % (name, release, sources), flush=True)
+        try:
+            rc, out, err = run_limited(["make", "-C", kdir, "M=" + work, "modules"], 900, "make", env=build_env())
+        except TimedOut as timed_out:  # Stuck too: its caller stops
+            write_log(STATE, name, release, timed_out.out + timed_out.err + "\n" + str(timed_out) + "\n")
+            record_build(STATE, name, release, by, FAILED, str(timed_out), digest)
+            raise
+        log = write_log(STATE, name, release, out + err)
+        built = os.path.join(work, name + ".ko")
+        if rc != 0 or not os.path.isfile(built):
+            print("\n".join((out + err).splitlines()[-30:]), flush=True)
+            message = "build for kernel %s failed (the whole log: %s)" % (release, log)
+            record_build(STATE, name, release, by, FAILED, message, digest)
+            return message
+        error, vermagic = vermagic_error(built, release)
+        if error:
+            message = "the build for kernel %s is not installed: %s" % (release, error)
+            record_build(STATE, name, release, by, FAILED, message, digest, vermagic=vermagic)
+            return message
+        copy_durably(built, installed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if run_limited(["depmod", "-a", KERNEL], 300, "depmod")[0] != 0:
-        return "depmod -a %s failed" % KERNEL
+    if run_limited(["depmod", "-a", release], 300, "depmod")[0] != 0:
+        message = "depmod -a %s failed" % release
+        record_build(STATE, name, release, by, FAILED, message, digest, sha256(installed), vermagic)
+        return message
+    message = "built for kernel %s and installed (vermagic %s)" % (release, vermagic)
+    record_build(STATE, name, release, by, BUILT, message, digest, sha256(installed), vermagic)
     return None
 
 
@@ -219,15 +309,15 @@ def load(entry):
     if os.path.lexists("%s/journal/%s.json" % (STATE, name)):
         return "%s: a deployment of it is open (under way, or not rolled back); not loaded" % name
     installed = "/lib/modules/%s/updates/%s.ko" % (KERNEL, name)
-    if not os.path.isfile(installed):
+    sources = module.get("sources", "")
+    if not has_build(name, sources, KERNEL):
         # Only from the sources of the release that last passed its check: never a release that did not.
-        sources = module.get("sources", "")
-        if not os.path.isfile(os.path.join(sources, MANIFEST)):
+        if sources_digest(sources) is None:
             return "%s: no module for kernel %s, and no release that passed its check to build; run deploy.yml" % (
                 name,
                 KERNEL,
             )
-        error = build(name, sources, installed)
+        error = build(name, sources, KERNEL, "boot")
         if error:
             return "%s: %s" % (name, error)
     record = record_of(name)
@@ -268,27 +358,69 @@ def load(entry):
     return "%s: %s" % (name, error)
 
 
-failed = 0
-for journal in sorted(glob.glob("%s/journal/*.json" % STATE)):
-    try:
-        print(roll_back(journal), flush=True)
-    except Stuck as err:
-        print("%s: %s" % (journal, err), flush=True)
-        sys.exit(1)
-    except Exception as err:  # its module is not loaded (load() finds the journal open)
-        print("%s: not rolled back: %s" % (journal, err), flush=True)
-        failed += 1
-for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
-    try:
-        error = load(entry)
-    except Stuck as err:  # a command the kernel holds: touch it no more (TimeoutStartSec bounds the rest)
-        print("%s: %s" % (entry, err), flush=True)
-        sys.exit(1)
-    except Exception as err:  # one module's trouble must not keep the others from loading
-        error = "%s: %s" % (entry, err)
-    print(error or "%s: loaded" % os.path.basename(entry)[: -len(".json")], flush=True)
-    failed += error is not None
-sys.exit(1 if failed else 0)
+def boot():
+    failed = 0
+    for journal in sorted(glob.glob("%s/journal/*.json" % STATE)):
+        try:
+            print(roll_back(journal), flush=True)
+        except Stuck as err:
+            print("%s: %s" % (journal, err), flush=True)
+            return 1
+        except Exception as err:  # its module is not loaded (load() finds the journal open)
+            print("%s: not rolled back: %s" % (journal, err), flush=True)
+            failed += 1
+    for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
+        try:
+            error = load(entry)
+        except Stuck as err:  # a command the kernel holds: touch it no more (TimeoutStartSec bounds the rest)
+            print("%s: %s" % (entry, err), flush=True)
+            return 1
+        except Exception as err:  # one module's trouble must not keep the others from loading
+            error = "%s: %s" % (entry, err)
+        print(error or "%s: loaded" % os.path.basename(entry)[: -len(".json")], flush=True)
+        failed += error is not None
+    return 1 if failed else 0
+
+
+def kernel_installed(release):
+    """Build each deployed module for kernel RELEASE, being installed, unless it has a build already; load
+    nothing. The running kernel and its modules are not touched."""
+    if not RELEASE.match(release) or ".." in release or not os.path.isdir("/lib/modules/%s" % release):
+        print("kmodlab: %r is no installed kernel release (no /lib/modules/<release>); nothing built" % release)
+        return 1
+    failed = 0
+    for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
+        name = os.path.basename(entry)[: -len(".json")]
+        try:
+            with open(entry) as handle:
+                module = json.load(handle)
+            name, sources = module["name"], module.get("sources", "")
+            if has_build(name, sources, release):
+                print("%s: kernel %s has a build of it already" % (name, release), flush=True)
+                continue
+            if sources_digest(sources) is None:
+                print("%s: no release that passed its check to build for kernel %s" % (name, release), flush=True)
+                continue
+            error = build(name, sources, release, "kernel install")
+        except Stuck as err:
+            print("%s: %s" % (entry, err), flush=True)
+            return 1
+        except Exception as err:  # one module's trouble must not keep the others from being built
+            error = "%s: %s" % (os.path.basename(entry), err)
+        if error:
+            print("%s: not built for kernel %s: %s" % (name, release, error), flush=True)
+        else:
+            print(
+                "%s: built for kernel %s and installed; its first boot loads it after its check" % (name, release),
+                flush=True,
+            )
+        failed += error is not None
+    return 1 if failed else 0
+
+
+if sys.argv[1:2] == ["--kernel-installed"] and len(sys.argv) >= 3:
+    sys.exit(kernel_installed(sys.argv[2]))
+sys.exit(boot())
 '''
 
 
@@ -302,6 +434,26 @@ def _source_of(module):
 
 # The deadline runner, as it is, so the boot service stops (or leaves behind) a command as a deploy does.
 BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @DEADLINE@\n", _source_of(deadline))
+# The builds' logs and records, as kernel_module and module_status read and write them.
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @BUILDS@\n", _source_of(builds))
+
+# The kernel hooks: Debian's linux-image-<release> postinst runs /etc/kernel/postinst.d/* (run-parts, its
+# names without a dot) with the release and the image's path, linux-headers-<release> postinst runs
+# /etc/kernel/header_postinst.d/* with the release, both with --exit-on-error: a hook that fails leaves the
+# package unconfigured and apt's run failed. So a hook never fails: a module that cannot be built for the
+# new kernel is reported (here, in its build log and by status.yml), and the boot service builds it at that
+# kernel's first boot. Hooks may run under debconf: no stdin, everything to stderr (the kernel handbook).
+KERNEL_HOOK_TEXT = """#!/bin/sh
+# Written by kmodlab: build the modules kmodlab deployed for a kernel being installed (or whose headers are).
+# Debian's kernel packages run it with the kernel release (and, from postinst.d, the image's path).
+exec </dev/null >&2
+[ -x %(script)s ] || exit 0
+if ! %(script)s --kernel-installed "$1"; then
+    echo "kmodlab: not every module was built for kernel $1 (see above, and /var/lib/kmodlab/logs);" \\
+        "the kernel's installation goes on, and kmodlab-modules.service builds them at its first boot"
+fi
+exit 0
+""" % {"script": BOOT_SCRIPT}
 
 BOOT_UNIT_TEXT = (
     """# Written by kmodlab: load the deployed kernel modules at boot (building them for a new kernel).
@@ -321,6 +473,15 @@ WantedBy=multi-user.target
 """
     % BOOT_SCRIPT
 )
+
+
+def kernel_hooks():
+    return [POSTINST_HOOK, HEADER_POSTINST_HOOK]
+
+
+def boot_temporaries():
+    """What interrupted writes of the boot unit, script and kernel hooks leave."""
+    return [path + ".tmp" for path in [BOOT_UNIT, BOOT_SCRIPT, *kernel_hooks()]]
 
 
 def name_error(name):
@@ -453,6 +614,8 @@ class ModuleOnHost(object):
         self.record = os.path.join(STATE_DIR, "state", name + ".json")
         # The sources of the release that last passed its check: what the boot service builds from.
         self.good_sources = os.path.join(STATE_DIR, "good", name)
+        # The log and the record of its last build for each kernel release (builds.py).
+        self.logs = os.path.join(STATE_DIR, "logs", name)
         # What the host held before the deployment under way (and the kept copy it replaces): rolled back to
         # when the deployment fails, or by the next run or boot when it did not finish.
         self.journal = os.path.join(STATE_DIR, "journal", name + ".json")
@@ -465,21 +628,30 @@ class ModuleOnHost(object):
     def kept_for(self, kernel):
         return os.path.join(STATE_DIR, "kept", kernel, self.name + ".ko")
 
-    def run(self, args, what, limit=None):
+    def run(self, args, what, limit=None, log=None):
         """Run ARGS; a non-zero exit raises StepFailed with the output's last lines.
 
         With LIMIT (seconds) it runs under deadline.run_limited: taking longer raises TimedOut, and a
         command that cannot be stopped raises Stuck (both StepFailed); without, under run_command.
+        With LOG (a path) its whole output is kept there, and a failure names it.
         """
         argv = [self.module.get_bin_path(args[0], required=True)] + list(args[1:])
         if limit:
-            rc, out, err = run_limited(argv, limit, what)
+            try:
+                rc, out, err = run_limited(argv, limit, what)
+            except TimedOut as timed_out:
+                if log:
+                    builds.write_text(log, timed_out.out + timed_out.err + "\n" + str(timed_out) + "\n")
+                raise
         else:
             rc, out, err = self.module.run_command(argv)
+        if log:
+            builds.write_text(log, out + err)
         if rc != 0:
             tail = "\n".join((out + err).splitlines()[-30:])
             how = "exit %d" % rc if rc > 0 else "killed by signal %d" % -rc
-            raise StepFailed("%s failed (%s):\n%s" % (what, how, tail))
+            whole = "\n(the whole log: %s)" % log if log else ""
+            raise StepFailed("%s failed (%s):\n%s%s" % (what, how, tail, whole))
         return out
 
     # Observe: read-only.
@@ -525,6 +697,7 @@ class ModuleOnHost(object):
             and read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
             and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
             and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
+            and all(read(hook) == KERNEL_HOOK_TEXT.strip() for hook in kernel_hooks())
         )
 
     def observe(self, files=None):
@@ -545,7 +718,8 @@ class ModuleOnHost(object):
             kept_any=bool(glob.glob(os.path.join(STATE_DIR, "kept", "*", self.name + ".ko")))
             or os.path.lexists(self.record)
             or os.path.lexists(self.good_sources)
-            or os.path.lexists(self.journal),
+            or os.path.lexists(self.journal)
+            or os.path.lexists(self.logs),
             autoload_exists=os.path.lexists(self.autoload),
             journal=self.journal_before(),
         )
@@ -636,29 +810,63 @@ class ModuleOnHost(object):
         write_sources(self.build_dir, files)
 
     def build(self):
+        """Build in build_dir for the running kernel. A deployment's build (install) keeps its log and result
+        (builds.py: /var/lib/kmodlab/logs/<name>/<release>/), as the boot service's and the kernel hooks' do."""
+        log = self.build_log() if self.install_build else None
         if not os.path.isfile(os.path.join(self.kdir, "Makefile")):
-            raise StepFailed(
+            message = (
                 "no headers for the running kernel %s at %s: install linux-headers-%s (the kbuild_env role does)"
-                % (self.kernel, self.kdir, self.kernel)
+                % (
+                    self.kernel,
+                    self.kdir,
+                    self.kernel,
+                )
             )
+            if log:
+                builds.write_log(STATE_DIR, self.name, self.kernel, message + "\n")
+                self.record_build(builds.NO_HEADERS, message)
+            raise StepFailed(message)
         if os.path.exists(self.built):
             os.unlink(self.built)  # a failed build must not leave the previous .ko looking new
         update_manifest(self.build_dir, {"built_for": None})
-        self.run(["make", "-C", self.kdir, "M=" + self.build_dir, "modules"], "kbuild", self.limits["build"])
-        if not os.path.isfile(self.built):
-            raise StepFailed("the build made no %s.ko; does the Makefile say obj-m += %s.o?" % (self.name, self.name))
+        try:
+            self.run(["make", "-C", self.kdir, "M=" + self.build_dir, "modules"], "kbuild", self.limits["build"], log)
+            if not os.path.isfile(self.built):
+                raise StepFailed(
+                    "the build made no %s.ko; does the Makefile say obj-m += %s.o?%s"
+                    % (self.name, self.name, " (the whole log: %s)" % log if log else "")
+                )
+        except StepFailed as err:
+            if log:
+                self.record_build(builds.FAILED, str(err).split("\n")[0])
+            raise
         update_manifest(self.build_dir, {"built_for": self.kernel})
+        if log:
+            self.record_build(builds.BUILT, "built for kernel %s" % self.kernel, sha256(self.built))
+
+    def build_log(self):
+        """Where the log of this module's last build for the running kernel is kept."""
+        return builds.log_path(STATE_DIR, self.name, self.kernel)
+
+    def record_build(self, result, message, sha=None):
+        """Record this deployment's build for the running kernel (module_status reports it)."""
+        digest = read_manifest(self.build_dir).get("digest")
+        builds.record_build(STATE_DIR, self.name, self.kernel, "deploy", result, message, digest, sha)
+
+    def builds(self):
+        """The records of this module's last build for each kernel release (installed kernels only)."""
+        return {
+            release: build
+            for release, build in builds.builds_of(STATE_DIR, self.name).items()
+            if release == self.kernel or os.path.isdir(os.path.join(MODULES_ROOT, release))
+        }
 
     def running_vermagic(self):
         """The vermagic of the running kernel, as its own modules carry it (modinfo reads .ko.xz and .ko.zst too)."""
-        tree = self.kernel_tree
-        for directory, subdirectories, names in os.walk(tree):
-            subdirectories.sort()
-            for file_name in sorted(names):
-                if file_name.endswith(MODULE_SUFFIXES):
-                    path = os.path.join(directory, file_name)
-                    return self.run(["modinfo", "-F", "vermagic", path], "modinfo").strip()
-        raise StepFailed("cannot tell the running kernel's vermagic: no module under %s" % tree)
+        path = builds.kernel_module_file(self.kernel_tree)
+        if path is None:
+            raise StepFailed("cannot tell the running kernel's vermagic: no module under %s" % self.kernel_tree)
+        return self.run(["modinfo", "-F", "vermagic", path], "modinfo").strip()
 
     def receive(self, data):
         """Take DATA, a build of these sources made on another host, as this host's build if its vermagic fits."""
@@ -712,6 +920,8 @@ class ModuleOnHost(object):
                 os.unlink(BOOT_WANTS)
             os.makedirs(os.path.dirname(BOOT_WANTS), exist_ok=True)
             os.symlink(BOOT_UNIT, BOOT_WANTS)
+        for hook in kernel_hooks():  # a kernel installed from now on gets the modules built before its boot
+            write_file(hook, KERNEL_HOOK_TEXT, 0o755)
         write_file(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
 
     def autoload_entry(self):
@@ -726,7 +936,7 @@ class ModuleOnHost(object):
             os.unlink(self.autoload)
         if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
             unit_went = os.path.lexists(BOOT_UNIT) or os.path.lexists(BOOT_WANTS)
-            for path in (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp"):
+            for path in [BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, *kernel_hooks()] + boot_temporaries():
                 if os.path.lexists(path):
                     os.unlink(path)
             if unit_went:
@@ -754,8 +964,9 @@ class ModuleOnHost(object):
         for path in (self.record, self.journal, self.journal_kept):
             if os.path.lexists(path):
                 os.unlink(path)
-        if os.path.isdir(self.good_sources):
-            shutil.rmtree(self.good_sources)
+        for directory in (self.good_sources, self.logs):
+            if os.path.isdir(directory):
+                shutil.rmtree(directory)
         self.tidy()
 
     def remove_sources(self):
@@ -780,7 +991,7 @@ class ModuleOnHost(object):
             found += [os.path.join(directory, d) for d in temporary]
             subdirectories[:] = [d for d in subdirectories if d not in temporary]
         if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
-            found += [path for path in (BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp") if os.path.lexists(path)]
+            found += [path for path in boot_temporaries() if os.path.lexists(path)]
         return sorted(set(found)) + self.empty_directories()
 
     def kmodlab_directories(self):
@@ -792,7 +1003,7 @@ class ModuleOnHost(object):
         """
         directories = glob.glob(os.path.join(MODULES_ROOT, "*", "updates"))
         directories += [directory for directory, _, _ in os.walk(STATE_DIR, topdown=False)]
-        directories += [AUTOLOAD_DIR, os.path.dirname(AUTOLOAD_DIR)]
+        directories += [AUTOLOAD_DIR, os.path.dirname(AUTOLOAD_DIR), os.path.dirname(HEADER_POSTINST_HOOK)]
         build_root = os.path.dirname(self.build_dir.rstrip("/"))
         if os.path.basename(build_root) == "kmodlab":
             directories.append(build_root)

@@ -40,6 +40,20 @@ description:
     the running kernel. For a kernel that has none (a kernel upgrade) it builds the sources of the release
     that last passed its check (never a release that did not); the first try of such a build is recorded
     before modprobe, so a try that stops the machine is not repeated at the next boot.
+  - With O(persist=true) kernel hooks are installed too, C(/etc/kernel/postinst.d/kmodlab) and
+    C(/etc/kernel/header_postinst.d/kmodlab), which Debian's kernel packages run when a kernel or its
+    headers are installed. They build each persisted module for that kernel from the sources of the
+    release that last passed its check, check that the build's vermagic is that kernel's (as its own
+    modules carry it), install it under C(/lib/modules/<release>/updates/) and run depmod for that
+    kernel; they load nothing. A kernel whose build is there is not built again at boot (the boot still
+    loads it only after its first try passes its check); one whose headers were missing when its image
+    was installed is built when the headers are, else at its first boot. A hook never fails the
+    package's installation; what went wrong is written to stderr, to the build log and to the build's
+    record, which M(kmodlab.fleet.module_status) reports.
+  - Every build of a module for a kernel - this module's (with O(install=true)), the boot service's, the
+    kernel hooks' - keeps its whole output in C(/var/lib/kmodlab/logs/<name>/<release>/make.log) and what
+    it was (by whom, when, from which sources, its result) in C(build.json) beside it; a failed build's
+    message names the log.
   - Build, modprobe (insmod), rmmod, depmod and the read of O(proc_entry) run under time limits, with no
     pipe to the command and in a process group of their own. A command that takes longer is sent SIGTERM,
     after 5 s SIGKILL, and its step fails (and is rolled back); one that still has not ended 5 s later
@@ -47,11 +61,13 @@ description:
     C(<command> (pid <pid>, state D) did not end within <limit> s and could not be stopped; left behind;
     reboot the host; nothing more was done to the kernel) - no rollback, no unload.
   - With O(state=absent), unloads the module and removes the installed modules of every kernel (running
-    depmod for each kernel that is installed), the kept modules, the state records, the boot entry and
-    the sources, then the temporary files and directories interrupted writes of this module left; then
-    each directory of kmodlab that is empty - C(updates/) of each kernel (and the kernel's directory when
-    that is empty too), C(/var/lib/kmodlab) and the directories in it, C(/etc/kmodlab), the build root
-    when it is named C(kmodlab). When the boot unit goes, systemd is reloaded (when it runs the host).
+    depmod for each kernel that is installed), the kept modules, the state records, the build logs, the
+    boot entry (with the unit and the kernel hooks when it is the last) and the sources, then the
+    temporary files and directories interrupted writes of this module left; then each directory of
+    kmodlab that is empty - C(updates/) of each kernel (and the kernel's directory when that is empty
+    too), C(/var/lib/kmodlab) and the directories in it, C(/etc/kmodlab), C(/etc/kernel/header_postinst.d)
+    (no Debian package but dkms ships it, and dkms keeps its hook in it), the build root when it is named
+    C(kmodlab). When the boot unit goes, systemd is reloaded (when it runs the host).
   - A module that is in use is refused, in check mode too, before anything is changed. Bad source file
     names, sources that are not UTF-8, a symbolic link at O(build_dir) and a O(build_dir) kmodlab did not
     write (no C(.kmodlab-sources.json) in it, and not empty; removal refuses a file there too) are
@@ -89,7 +105,9 @@ options:
     description: A file the loaded module provides (for example C(/proc/timer)); checked after loading.
     type: path
   persist:
-    description: Load the module at boot (and build it for a newly booted kernel).
+    description:
+      - Load the module at boot; build it for a kernel when that kernel or its headers are installed (kernel
+        hooks), or at its first boot when they could not.
     type: bool
     default: true
   install:

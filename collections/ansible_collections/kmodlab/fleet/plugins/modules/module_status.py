@@ -12,6 +12,10 @@ description:
     version, srcversion, whether it drifted from the given sources, whether it is loaded at boot, and
     why its last release was rolled back, if it was (by a run, or by the boot service), or that a
     deployment did not finish (its journal is open). Changes nothing and reads no /proc entry.
+  - Reports the last build of each module for each installed kernel release (by a deployment, by the
+    boot service, or by the kernel hooks when a kernel or its headers were installed), with its result
+    and the path of its log on the host (C(/var/lib/kmodlab/logs/<name>/<release>/make.log)), and names
+    the log of a build that failed for the running kernel.
 options:
   modules:
     description:
@@ -68,11 +72,27 @@ modules:
     rolled_back:
       description: Why the last release was rolled back, or which deployment did not finish; empty when neither.
       type: str
+    build_log:
+      description: The log on the host of the module's last build for the running kernel when that build failed
+        (or found no headers); empty otherwise.
+      type: str
+      sample: /var/lib/kmodlab/logs/my_timer/6.12.117+deb13-amd64/make.log
+    builds:
+      description:
+        - The module's last build for each installed kernel release that had one, oldest release name first.
+        - C(by) is C(deploy), C(boot) (the boot service, for a kernel that had none) or C(kernel install)
+          (the kernel hooks, when that kernel or its headers were installed); C(result) is C(built),
+          C(failed) or C(no headers); C(log) is its log on the host.
+      type: list
+      elements: dict
+      sample: [{"kernel": "6.12.12+bpo-amd64", "by": "kernel install", "result": "no headers", "time": "...",
+                "message": "no headers for kernel 6.12.12+bpo-amd64 ...", "log": "/var/lib/kmodlab/logs/..."}]
 """
 
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils.builds import BUILT
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import PERSIST, UNPERSIST, Refusal, plan_present
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, name_error, read
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
@@ -104,6 +124,11 @@ def report(module, spec):
             host.run(["modinfo", "-F", "version", host.installed], "modinfo").strip() if observed.installed else ""
         )
         srcversion = host.srcversion_of(host.installed)
+    builds = [
+        {"kernel": release, **{key: build.get(key, "") for key in ("by", "result", "time", "message", "log")}}
+        for release, build in host.builds().items()
+    ]
+    running = next((build for build in builds if build["kernel"] == host.kernel), None)
     return {
         "name": host.name,
         "state": "interrupted" if journal is not None else "rolled back" if rolled_back else state,
@@ -112,6 +137,8 @@ def report(module, spec):
         "drift": drift,
         "persist": observed.persisted,
         "rolled_back": rolled_back,
+        "build_log": running["log"] if running and running["result"] != BUILT else "",
+        "builds": builds,
     }
 
 

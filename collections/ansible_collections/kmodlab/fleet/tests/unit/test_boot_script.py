@@ -1,9 +1,13 @@
 """The boot service's script: roll back unfinished deployments, then load each deployed module that passed
 its check on this kernel (one recorded first try for a build that has not), building it first from the
-sources that passed for a kernel that has none.
+sources that passed for a kernel that has none. Run by the kernel hooks (--kernel-installed RELEASE), it
+builds, checks the vermagic of and installs each module for a kernel being installed, and loads nothing.
+Every build keeps its log and its result (logs/<name>/<release>/make.log, build.json).
 
 The script runs here as written, with its system paths moved into a temporary tree and fake
-make, modprobe, rmmod, depmod and timeout on PATH.
+make, modinfo, modprobe, rmmod and depmod on PATH. The fake make builds a .ko of each .c that
+carries the vermagic of the kernel whose build directory it is given (another one when the source
+says "wrong vermagic").
 """
 
 from __future__ import annotations
@@ -14,15 +18,23 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import BOOT_SCRIPT_TEXT
+import pytest
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
+    BOOT_SCRIPT,
+    BOOT_SCRIPT_TEXT,
+    KERNEL_HOOK_TEXT,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import write_sources
 
 KERNEL = os.uname().release
+NEW = "6.99.1-1-amd64"  # a kernel being installed
 FAKES = {
-    "timeout": 'shift 3; exec "$@"',
-    # make -C KDIR M=DIR modules: a .ko for each .c, unless a source says "#error"
-    "make": 'for a; do case $a in M=*) d=${a#M=};; esac; done; grep -q "#error" "$d"/*.c && exit 2; '
-    'for c in "$d"/*.c; do cp "$c" "${c%.c}.ko"; done',
+    # make -C KDIR M=DIR modules: a .ko for each .c, its vermagic KDIR's kernel's, unless a source says "#error"
+    "make": 'k=$(basename "$(dirname "$2")"); for a; do case $a in M=*) d=${a#M=};; esac; done; '
+    'if grep -q "#error" "$d"/*.c; then echo "$d/m.c:1:2: error: #error does not build" >&2; exit 2; fi; '
+    'for c in "$d"/*.c; do v=$k; grep -q "wrong vermagic" "$c" && v=0.0.0-other; '
+    '{ cat "$c"; echo "vermagic=$v SMP mod_unload"; } > "${c%.c}.ko"; done; echo "  LD [M]  $d/m.ko"',
+    "modinfo": 'sed -n "s/^vermagic=//p" "$3"',  # modinfo -F vermagic PATH
     # modprobe of $CRASH stops the machine: its parent (the script) is killed, nothing after it runs.
     "modprobe": 'echo "$1" >> "$LOG"; if [ "$1" = "$CRASH" ]; then kill -9 $PPID; exit 1; fi; [ "$1" != bad ]',
     "rmmod": 'echo "rmmod $1" >> "$LOG"',
@@ -30,8 +42,9 @@ FAKES = {
 }
 
 
-def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash=""):
-    """Run the script as boot BOOT_ID; the modules' autoload entries are ENTRIES (written anew each run)."""
+def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash="", args=()):
+    """Run the script (with ARGS) as boot BOOT_ID; the modules' autoload entries are ENTRIES (written anew each
+    run)."""
     root = tmp_path / "root"
     (root / "autoload").mkdir(parents=True, exist_ok=True)
     for name, entry in entries.items():
@@ -53,7 +66,7 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         (bin_dir / tool).chmod(0o755)
     log = tmp_path / "log"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), CRASH=crash)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
     return proc, (log.read_text() if log.exists() else ""), root
 
 
@@ -77,6 +90,22 @@ def install(tmp_path, data: bytes, passed=False, name="m"):
     return root / f"lib/modules/{KERNEL}/updates/{name}.ko"
 
 
+def build_of(root, release, name="m") -> dict:
+    """The record of NAME's last build for kernel RELEASE (build.json beside its make.log)."""
+    return json.loads((root / "state/logs" / name / release / "build.json").read_text())
+
+
+def kernel(tmp_path, release, headers=True):
+    """Kernel RELEASE is installed (its own modules carry its vermagic); HEADERS: so are its headers."""
+    root = tmp_path / "root"
+    (root / f"lib/modules/{release}/kernel/fs").mkdir(parents=True, exist_ok=True)
+    (root / f"lib/modules/{release}/kernel/fs/fat.ko").write_text(f"vermagic={release} SMP mod_unload\n")
+    if headers:
+        (root / f"lib/modules/{release}/build").mkdir(exist_ok=True)
+        (root / f"lib/modules/{release}/build/Makefile").write_text("")
+    return root
+
+
 def sources(path, text, name="m"):
     write_sources(str(path), {f"{name}.c": text, "Makefile": f"obj-m += {name}.o\n"})
     return str(path)
@@ -98,11 +127,13 @@ def test_a_new_kernel_gets_the_module_built_from_the_sources_that_passed(tmp_pat
     proc, log, root = run_script(tmp_path, {"m": {"name": "m", "build_dir": failed, "sources": good}})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"m: building for kernel {KERNEL} from {good}" in proc.stdout
-    assert (root / f"lib/modules/{KERNEL}/updates/m.ko").read_text() == "/* the release that works */\n"
+    installed = root / f"lib/modules/{KERNEL}/updates/m.ko"
+    assert installed.read_text() == f"/* the release that works */\nvermagic={KERNEL} SMP mod_unload\n"
     assert log == f"depmod -a {KERNEL}\nm\n"
     # Its first try on this kernel passed: recorded, so the next boot loads it as a build that passed.
-    assert record(root)["passed"] == {KERNEL: sha(b"/* the release that works */\n")}
+    assert record(root)["passed"] == {KERNEL: sha(installed.read_bytes())}
     assert "trial" not in record(root)
+    assert build_of(root, KERNEL)["by"] == "boot" and build_of(root, KERNEL)["result"] == "built"
 
 
 def test_a_release_that_never_passed_is_not_built_at_boot(tmp_path):
@@ -218,6 +249,12 @@ def test_one_broken_module_does_not_keep_the_others_from_loading(tmp_path):
     )
     assert proc.returncode == 1
     assert "b_broken: build for kernel" in proc.stdout and "bad: modprobe failed" in proc.stdout
+    # The failed build's whole output is kept, and the message names where.
+    root = tmp_path / "root"
+    make_log = root / "state/logs/b_broken" / KERNEL / "make.log"
+    assert "error: #error does not build" in make_log.read_text()
+    assert f"(the whole log: {make_log})" in proc.stdout
+    assert build_of(root, KERNEL, "b_broken")["result"] == "failed"
     assert "a_garbled.json" in proc.stdout
     assert "m: loaded" in proc.stdout
     assert log.splitlines()[-1] == "m"
@@ -231,3 +268,134 @@ def test_a_deployment_of_this_boot_is_left_to_its_run(tmp_path):
     proc, log, _ = run_script(tmp_path, {"m": {"name": "m", "build_dir": "/x", "sources": "/x"}}, boot_id="boot-0")
     assert "m: a deployment of it is open (under way, or not rolled back); not loaded" in proc.stdout
     assert installed.read_bytes() == b"new" and (root / "state/journal/m.json").exists() and log == ""
+
+
+# The kernel hooks: the script run with --kernel-installed RELEASE.
+
+ENTRY = {"name": "m", "build_dir": "/nonexistent"}
+
+
+def hook(tmp_path, good, release=NEW, boot_id="boot-1"):
+    """Run the script as the kernel hooks run it for kernel RELEASE, module m's good sources in GOOD."""
+    return run_script(tmp_path, {"m": dict(ENTRY, sources=good)}, boot_id, args=("--kernel-installed", release))
+
+
+def test_installing_a_kernel_builds_checks_and_installs_the_module_for_it_before_its_boot(tmp_path):
+    """The sources that passed are built against the new kernel's headers, the build's vermagic is the new
+    kernel's, it is installed under its updates/ and indexed; nothing is loaded, the running kernel untouched."""
+    good = sources(tmp_path / "good", "/* the release that works */\n")
+    root = kernel(tmp_path, NEW)
+    proc, log, root = hook(tmp_path, good)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    installed = root / f"lib/modules/{NEW}/updates/m.ko"
+    assert installed.read_text() == f"/* the release that works */\nvermagic={NEW} SMP mod_unload\n"
+    assert log == f"depmod -a {NEW}\n"  # no modprobe
+    assert f"m: building for kernel {NEW} from {good}" in proc.stdout
+    assert f"m: built for kernel {NEW} and installed; its first boot loads it after its check" in proc.stdout
+    assert not (root / f"lib/modules/{KERNEL}/updates").exists() and record(root) == {}
+    build = build_of(root, NEW)
+    assert build["by"] == "kernel install" and build["result"] == "built"
+    assert build["vermagic"] == f"{NEW} SMP mod_unload" and build["sha256"] == sha(installed.read_bytes())
+    assert build["sources"] == json.loads((tmp_path / "good/.kmodlab-sources.json").read_text())["digest"]
+    assert "LD [M]" in (root / f"state/logs/m/{NEW}/make.log").read_text()
+
+
+def test_missing_headers_are_said_and_the_headers_installation_builds_it(tmp_path):
+    """linux-image's postinst runs before linux-headers is installed: nothing is built, the log and the record
+    say the headers are missing; then header_postinst.d runs the hook again, and it builds."""
+    good = sources(tmp_path / "good", "/* fine */\n")
+    root = kernel(tmp_path, NEW, headers=False)
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 1 and log == ""
+    assert f"m: not built for kernel {NEW}: no headers for kernel {NEW}" in proc.stdout
+    assert f"install linux-headers-{NEW}" in proc.stdout
+    assert not (root / f"lib/modules/{NEW}/updates/m.ko").exists()
+    assert build_of(root, NEW)["result"] == "no headers"
+    assert f"no headers for kernel {NEW}" in (root / f"state/logs/m/{NEW}/make.log").read_text()
+
+    kernel(tmp_path, NEW)  # linux-headers-NEW is installed: its postinst runs the hook
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 0, proc.stdout
+    assert (root / f"lib/modules/{NEW}/updates/m.ko").exists() and log == f"depmod -a {NEW}\n"
+    assert build_of(root, NEW)["result"] == "built"
+
+
+def test_a_kernel_that_has_its_build_is_not_built_again_unless_the_sources_changed(tmp_path):
+    """The headers' hook after the image's finds the build made; a release that passed since is built anew."""
+    good = sources(tmp_path / "good", "/* 1.0 */\n")
+    root = kernel(tmp_path, NEW)
+    hook(tmp_path, good)
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 0 and f"m: kernel {NEW} has a build of it already" in proc.stdout
+    assert log == f"depmod -a {NEW}\n"  # from the first run only
+    sources(tmp_path / "good", "/* 1.1 */\n")  # a deployment of 1.1 passed its check since
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 0 and "building" in proc.stdout
+    assert (root / f"lib/modules/{NEW}/updates/m.ko").read_text().startswith("/* 1.1 */")
+
+
+def test_a_build_whose_vermagic_is_not_the_new_kernels_is_not_installed(tmp_path):
+    good = sources(tmp_path / "good", "/* wrong vermagic */\n")
+    root = kernel(tmp_path, NEW)
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 1 and log == ""
+    message = f"its vermagic is '0.0.0-other SMP mod_unload', but kernel {NEW}'s is '{NEW} SMP mod_unload'"
+    assert message in proc.stdout
+    assert not (root / f"lib/modules/{NEW}/updates/m.ko").exists()
+    assert build_of(root, NEW)["result"] == "failed" and message in build_of(root, NEW)["message"]
+
+
+def test_a_build_that_fails_for_the_new_kernel_keeps_its_log_and_installs_nothing(tmp_path):
+    good = sources(tmp_path / "good", "#error does not build on the new kernel\n")
+    root = kernel(tmp_path, NEW)
+    proc, log, _ = hook(tmp_path, good)
+    assert proc.returncode == 1 and log == ""
+    make_log = root / f"state/logs/m/{NEW}/make.log"
+    assert f"m: not built for kernel {NEW}: build for kernel {NEW} failed (the whole log: {make_log})" in proc.stdout
+    assert "error: #error does not build" in make_log.read_text()
+    assert not (root / f"lib/modules/{NEW}/updates/m.ko").exists()
+
+
+def test_the_boot_finds_the_build_the_hook_made_and_does_not_build(tmp_path):
+    """The hook built for the kernel that boots next (here the running one): the boot builds nothing, and
+    loads the build only through its first try, checked."""
+    good = sources(tmp_path / "good", "/* fine */\n")
+    proc, log, root = hook(tmp_path, good, release=KERNEL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc, log, _ = run_script(tmp_path, {"m": dict(ENTRY, sources=good)}, boot_id="boot-2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "building" not in proc.stdout
+    assert f"m: first try of this build on kernel {KERNEL}" in proc.stdout and log.endswith("\nm\n")
+    assert record(root)["passed"] == {KERNEL: build_of(root, KERNEL)["sha256"]}
+
+
+def test_the_hook_builds_only_what_passed_and_refuses_a_release_that_is_no_path(tmp_path):
+    build = sources(tmp_path / "build", "/* a release that never passed */\n")
+    root = kernel(tmp_path, NEW)
+    proc, log, _ = run_script(
+        tmp_path, {"m": {"name": "m", "build_dir": build, "sources": str(tmp_path / "good")}},
+        args=("--kernel-installed", NEW),
+    )  # fmt: skip
+    assert proc.returncode == 0 and f"m: no release that passed its check to build for kernel {NEW}" in proc.stdout
+    assert not (root / f"lib/modules/{NEW}/updates").exists() and log == ""
+    proc, log, _ = run_script(tmp_path, {}, args=("--kernel-installed", "../../etc"))
+    assert proc.returncode == 1 and "is no installed kernel release" in proc.stdout and log == ""
+
+
+@pytest.mark.parametrize("script_rc", [0, 1])
+def test_the_hook_never_fails_the_kernels_installation_and_writes_only_to_stderr(tmp_path, script_rc):
+    """Debian runs it (run-parts --exit-on-error) with the release and the image's path, maybe under debconf:
+    it passes the release on, writes nothing to stdout, reads no stdin, and exits 0 whatever the build did."""
+    script = tmp_path / "kmodlab-modules"
+    script.write_text(f'#!/bin/sh\necho "args: $*"\nread line && echo "read stdin"\nexit {script_rc}\n')
+    script.chmod(0o755)
+    hook_file = tmp_path / "kmodlab"
+    hook_file.write_text(KERNEL_HOOK_TEXT.replace(BOOT_SCRIPT, str(script)))
+    hook_file.chmod(0o755)
+    proc = subprocess.run([str(hook_file), NEW, f"/boot/vmlinuz-{NEW}"], input="y\n", capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == ""
+    assert proc.stderr.startswith(f"args: --kernel-installed {NEW}\n") and "read stdin" not in proc.stderr
+    assert ("kmodlab: not every module was built for kernel" in proc.stderr) is bool(script_rc)
+    script.unlink()  # kmodlab was removed, the hook left: nothing to do
+    proc = subprocess.run([str(hook_file), NEW], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == proc.stderr == ""

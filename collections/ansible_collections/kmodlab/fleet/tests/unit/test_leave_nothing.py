@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils import kmod_host
+from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, kmod_host
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     CLEAN,
     REMOVE_INSTALLED,
@@ -68,13 +68,18 @@ class FakeAnsibleModule:
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
+    return host_root(tmp_path, monkeypatch)
+
+
+def host_root(tmp_path, monkeypatch):
     """The host's paths under TMP_PATH/root; systemd runs it; no module is loaded."""
     root = tmp_path / "root"
     for constant in ("STATE_DIR", "AUTOLOAD_DIR", "BOOT_SCRIPT", "BOOT_UNIT", "BOOT_WANTS", "MODULES_ROOT",
-                     "SYSTEMD_RUNNING", "TMP_DIR"):  # fmt: skip
+                     "SYSTEMD_RUNNING", "TMP_DIR", "POSTINST_HOOK", "HEADER_POSTINST_HOOK"):  # fmt: skip
         monkeypatch.setattr(kmod_host, constant, str(root) + getattr(kmod_host, constant))
     monkeypatch.setattr(ModuleOnHost, "loaded", lambda self: False)
     (root / "run/systemd/system").mkdir(parents=True)
+    (root / "etc/kernel/postinst.d").mkdir(parents=True)  # apt's
     (root / "tmp").mkdir()
     (root / "bin").mkdir()
     for tool in ("depmod", "systemctl"):
@@ -87,7 +92,8 @@ def root(tmp_path, monkeypatch):
 
 
 def deploy(root, name, kernels):
-    """What deploy.yml leaves of NAME (installed and kept for KERNELS, sources, boot entry)."""
+    """What deploy.yml leaves of NAME (installed and kept for KERNELS, sources, boot entry and kernel hooks, the
+    logs of its builds for KERNELS)."""
     host = ModuleOnHost(FakeAnsibleModule(root, name), name, str(root / "usr/local/src/kmodlab" / name))
     sources = {name + ".c": "/* %s */\n" % name, "Makefile": "obj-m += %s.o\n" % name}
     write_sources(host.build_dir, sources)
@@ -97,6 +103,8 @@ def deploy(root, name, kernels):
         for path in (host.installed_for(kernel), os.path.join(kmod_host.STATE_DIR, "kept", kernel, name + ".ko")):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             Path(path).write_bytes(b"\x7fELF " + name.encode())
+        builds.write_log(kmod_host.STATE_DIR, name, kernel, "make output\n")
+        builds.record_build(kmod_host.STATE_DIR, name, kernel, "kernel install", builds.BUILT, "built")
     os.makedirs(os.path.dirname(state), exist_ok=True)
     Path(state).write_text('{"rolled_back": "an earlier release"}\n')
     host.persist()
@@ -111,6 +119,8 @@ def plant_leftovers(root):
         "var/lib/kmodlab/state/my_timer.json.tmp",
         "etc/kmodlab/autoload.d/hello.json.tmp",
         "etc/systemd/system/kmodlab-modules.service.tmp",
+        "etc/kernel/header_postinst.d/kmodlab.tmp",
+        "var/lib/kmodlab/logs/my_timer/%s/make.log.tmp" % OTHER,
     ):
         (root / path).write_text("half written")
     for directory in (
@@ -153,7 +163,8 @@ def test_removal_of_every_module_leaves_nothing_of_kmodlab_for_any_kernel(root, 
     # What is left is the system's: the kernels' own files, systemd's directories, our fakes.
     assert everything(root) == [
         "bin/", "bin/depmod", "bin/systemctl",
-        "etc/", "etc/systemd/", "etc/systemd/system/", "etc/systemd/system/multi-user.target.wants/",
+        "etc/", "etc/kernel/", "etc/kernel/postinst.d/",
+        "etc/systemd/", "etc/systemd/system/", "etc/systemd/system/multi-user.target.wants/",
         "lib/", "lib/modules/",
         "lib/modules/%s/" % OTHER, "lib/modules/%s/kernel/" % OTHER, "lib/modules/%s/kernel/fs/" % OTHER,
         "lib/modules/%s/modules.order" % OTHER,

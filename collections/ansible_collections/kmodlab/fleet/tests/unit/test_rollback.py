@@ -55,6 +55,8 @@ def root(tmp_path, monkeypatch):
         "SYSTEMD_RUNNING": "run/systemd/system",
         "TMP_DIR": "tmp",
         "BOOT_ID": "proc/sys/kernel/random/boot_id",
+        "POSTINST_HOOK": "etc/kernel/postinst.d/kmodlab",
+        "HEADER_POSTINST_HOOK": "etc/kernel/header_postinst.d/kmodlab",
     }
     for name, path in paths.items():
         monkeypatch.setattr(kh, name, str(root / path))
@@ -131,7 +133,7 @@ class FakeHost(kh.ModuleOnHost):
     def failing(self, what, build):
         return what in self.fail and build == self.new
 
-    def run(self, args, what, limit=None):
+    def run(self, args, what, limit=None, log=None):
         tool = args[0]
         self.log.append(tool)
         if tool == "make":
