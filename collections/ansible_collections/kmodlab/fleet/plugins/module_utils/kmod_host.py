@@ -25,6 +25,11 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  #
     Stuck,
     run_limited,
 )
+from ansible_collections.kmodlab.fleet.plugins.module_utils.durable import (  # noqa: F401 (re-exported)
+    copy_durably,
+    fsync_directory,
+    write_durably,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Observed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     MANIFEST,
@@ -126,7 +131,8 @@ def save_record(name, record):
 
 def roll_back(path):
     """Put back the files the deployment of journal PATH replaced (it did not finish: its run died, or the
-    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does."""
+    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does (with the rollbacks
+    done, the service goes if no module is left for it to load)."""
     with open(path) as handle:
         journal = json.load(handle)
     name, kernel, before = journal["name"], journal["kernel"], journal["before"]
@@ -202,9 +208,7 @@ def build(name, sources, installed):
         if rc != 0 or not os.path.isfile(os.path.join(work, name + ".ko")):
             print(out + err, end="", flush=True)
             return "build for kernel %s failed" % KERNEL
-        os.makedirs(os.path.dirname(installed), exist_ok=True)
-        shutil.copyfile(os.path.join(work, name + ".ko"), installed + ".tmp")
-        os.rename(installed + ".tmp", installed)
+        copy_durably(os.path.join(work, name + ".ko"), installed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if run_limited(["depmod", "-a", KERNEL], 300, "depmod")[0] != 0:
@@ -278,6 +282,12 @@ for journal in sorted(glob.glob("%s/journal/*.json" % STATE)):
     except Exception as err:  # its module is not loaded (load() finds the journal open)
         print("%s: not rolled back: %s" % (journal, err), flush=True)
         failed += 1
+# No module left to load at boot (a rollback took the last entry, or a run died taking it): the service goes.
+if not glob.glob("/etc/kmodlab/autoload.d/*.json"):
+    wants = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.service"
+    for unit_file in (wants, "/etc/systemd/system/kmodlab-modules.service", "/usr/local/sbin/kmodlab-modules"):
+        if os.path.lexists(unit_file):
+            os.unlink(unit_file)
 for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
     try:
         error = load(entry)
@@ -323,6 +333,20 @@ WantedBy=multi-user.target
 )
 
 
+def boot_service_files():
+    """The boot service's files (and what their interrupted writes leave), the enabling link first."""
+    return (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp")
+
+
+def boot_service_current():
+    """Whether the boot service is this kmodlab's (its script and unit as written here) and enabled."""
+    return (
+        read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
+        and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
+        and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
+    )
+
+
 def name_error(name):
     """Why NAME cannot be a module's name (a message), or None when it can."""
     if isinstance(name, str) and MODULE_NAME.match(name):
@@ -362,35 +386,6 @@ def read(path, default=""):
             return handle.read().strip()
     except OSError:
         return default
-
-
-def write_file(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        handle.write(text)
-    os.chmod(path + ".tmp", mode)
-    os.rename(path + ".tmp", path)
-
-
-def write_durably(path, data, mode=0o644):
-    """PATH holds DATA (str or bytes) whole after a crash, or what it held before (fsync, rename, fsync dir)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path + ".tmp", mode)
-    os.rename(path + ".tmp", path)
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def copy_durably(source, path, mode=0o644):
-    with open(source, "rb") as handle:
-        write_durably(path, handle.read(), mode)
 
 
 def elf_section(path, wanted):
@@ -520,14 +515,10 @@ class ModuleOnHost(object):
                 entry = json.load(handle)
         except (OSError, ValueError):
             return False
-        return (
-            entry == self.autoload_entry()
-            and read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
-            and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
-            and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
-        )
+        return entry == self.autoload_entry() and boot_service_current()
 
     def observe(self, files=None):
+        """What the host holds for the module; FILES: the wanted sources (None: for removal)."""
         loaded = self.loaded()
         holders = sorted(os.listdir(self.sysfs + "/holders")) if os.path.isdir(self.sysfs + "/holders") else []
         others = [path for path in glob.glob(self.installed_for("*")) if path != self.installed]
@@ -553,6 +544,7 @@ class ModuleOnHost(object):
             observed.sources_current = sources_current(self.build_dir, files)
             observed.built_for = read_manifest(self.build_dir).get("built_for")
             observed.built = sha256(self.built)
+            observed.good_sources_current = sources_current(self.good_sources, files)
             observed.in_depmod = observed.installed is None or self.in_depmod()
             if loaded and observed.installed is not None:
                 observed.installed_srcversion = self.file_identity(self.installed)
@@ -619,6 +611,8 @@ class ModuleOnHost(object):
             differs.append("kept module")
         if read(self.autoload, None) != before["autoload"]:
             differs.append("boot entry")
+        if before["autoload"] is not None and not boot_service_current():
+            differs.append("boot service")
         if self.same_boot(journal):
             loaded = self.loaded()
             if loaded != before["loaded"] or (loaded and self.loaded_identity() in journal["new"]["identities"]):
@@ -697,22 +691,40 @@ class ModuleOnHost(object):
 
     def load(self):
         if self.install_build:
-            self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+            self.modprobe()
         else:
             self.run(["insmod", self.built], "insmod", self.limits["load"])
 
-    def persist(self):
-        write_file(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)
-        unit_changed = os.path.lexists(BOOT_UNIT) and read(BOOT_UNIT) != BOOT_UNIT_TEXT.strip()
-        write_file(BOOT_UNIT, BOOT_UNIT_TEXT)
-        if unit_changed:  # an older unit (without TimeoutStartSec): systemd reads the new one
-            self.reload_systemd()
+    def modprobe(self):
+        """Load the installed module (what a rollback loads again, whatever the run's install setting)."""
+        self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+
+    def install_boot_service(self):
+        """The boot service as this kmodlab writes it - script, unit, enabled - durably; systemd reads a unit
+        that changed. What is current already is left as it is."""
+        if read(BOOT_SCRIPT) != BOOT_SCRIPT_TEXT.strip():
+            write_durably(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)
+        if read(BOOT_UNIT) != BOOT_UNIT_TEXT.strip():
+            unit_changed = os.path.lexists(BOOT_UNIT)
+            write_durably(BOOT_UNIT, BOOT_UNIT_TEXT)
+            if unit_changed:  # an older unit (without TimeoutStartSec): systemd reads the new one
+                self.reload_systemd()
         if os.path.realpath(BOOT_WANTS) != BOOT_UNIT:
             if os.path.lexists(BOOT_WANTS):
                 os.unlink(BOOT_WANTS)
             os.makedirs(os.path.dirname(BOOT_WANTS), exist_ok=True)
             os.symlink(BOOT_UNIT, BOOT_WANTS)
-        write_file(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
+            fsync_directory(os.path.dirname(BOOT_WANTS))
+
+    def update_boot_service(self):
+        """A boot service of an older kmodlab (which loads whatever is installed, journal or not) is brought
+        up to date; none is installed where there is none (then nothing loads at boot)."""
+        if any(os.path.lexists(path) for path in (BOOT_SCRIPT, BOOT_UNIT, BOOT_WANTS)) and not boot_service_current():
+            self.install_boot_service()
+
+    def persist(self):
+        self.install_boot_service()
+        write_durably(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
 
     def autoload_entry(self):
         return {"name": self.name, "build_dir": self.build_dir, "sources": self.good_sources}
@@ -726,7 +738,7 @@ class ModuleOnHost(object):
             os.unlink(self.autoload)
         if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
             unit_went = os.path.lexists(BOOT_UNIT) or os.path.lexists(BOOT_WANTS)
-            for path in (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp"):
+            for path in boot_service_files():
                 if os.path.lexists(path):
                     os.unlink(path)
             if unit_went:
@@ -779,8 +791,8 @@ class ModuleOnHost(object):
             temporary = [d for d in subdirectories if fnmatch.fnmatchcase(d, ".%s.%s" % (name, TEMP_SUFFIX))]
             found += [os.path.join(directory, d) for d in temporary]
             subdirectories[:] = [d for d in subdirectories if d not in temporary]
-        if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
-            found += [path for path in (BOOT_UNIT + ".tmp", BOOT_SCRIPT + ".tmp") if os.path.lexists(path)]
+        if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):  # no module to load at boot: the service goes
+            found += [path for path in boot_service_files() if os.path.lexists(path)]
         return sorted(set(found)) + self.empty_directories()
 
     def kmodlab_directories(self):
@@ -809,11 +821,14 @@ class ModuleOnHost(object):
                 rmdir_if_empty(os.path.dirname(path))
 
     def remove_leftovers(self):
-        for path in self.leftovers():
+        leftovers = self.leftovers()
+        for path in leftovers:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.unlink(path)
+        if BOOT_UNIT in leftovers or BOOT_WANTS in leftovers:
+            self.reload_systemd()
         self.tidy()
 
     def check(self, proc_entry):
@@ -839,7 +854,12 @@ class ModuleOnHost(object):
 
     def open_journal(self):
         """Write down what the host holds before a deployment replaces any of it - the installed, loaded and
-        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's)."""
+        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's).
+
+        First a boot service of an older kmodlab is brought up to date: it ignores journals and loads whatever
+        is installed, so a crash after the install would boot into the build that has not passed its check.
+        """
+        self.update_boot_service()
         loaded, installed = self.loaded(), sha256(self.installed)
         before = {
             "installed": installed,
@@ -888,17 +908,27 @@ class ModuleOnHost(object):
                 self.unpersist()
             else:
                 write_durably(self.autoload, before["autoload"] + "\n")
+        if before["autoload"] is not None:  # UNPERSIST (persist: false) took the service if the entry was the last
+            self.install_boot_service()
         if os.path.isdir(os.path.join(MODULES_ROOT, kernel)):
             self.depmod(kernel)
 
     def close_journal(self):
+        removed = False
         for path in (self.journal, self.journal_kept):
             if os.path.lexists(path):
                 os.unlink(path)
+                removed = True
+        if removed:  # closed for good: a crash now does not bring the journal back to be rolled back
+            fsync_directory(os.path.dirname(self.journal))
 
     def commit(self, files, proc_entry):
-        """The release passed its check: its build is recorded as passed on this kernel (what the boot service
-        loads), the journal closed, and FILES (None: unchanged) kept as what the boot service builds."""
+        """The release passed its check: FILES kept (durably) as what the boot service builds, where they
+        differ, its build recorded as passed on this kernel (what the boot service loads), and then the
+        journal closed. A run that dies (or fails) before the end leaves the journal open: the next run or
+        boot rolls the release back, never leaving it running with the sources of another."""
+        if not sources_current(self.good_sources, files):
+            self.save_good_sources(files)
         record = self.read_record()
         committed = dict(record, passed=dict(record.get("passed", {}), **{self.kernel: sha256(self.installed)}))
         committed["proc_entry"] = proc_entry or ""
@@ -907,5 +937,3 @@ class ModuleOnHost(object):
         if committed != record:
             self.write_record(committed)
         self.close_journal()
-        if files is not None:
-            self.save_good_sources(files)

@@ -30,8 +30,20 @@ FAKES = {
 }
 
 
-def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash=""):
-    """Run the script as boot BOOT_ID; the modules' autoload entries are ENTRIES (written anew each run)."""
+# Logs the path of each file and directory the script fsyncs (to $LOG), before its own code runs.
+FSYNC_LOG = (
+    "import os\n"
+    "def _fsync(fd, _real=os.fsync):\n"
+    "    with open(os.environ['LOG'], 'a') as log:\n"
+    "        log.write('fsync %s\\n' % os.readlink('/proc/self/fd/%d' % fd))\n"
+    "    _real(fd)\n"
+    "os.fsync = _fsync\n"
+)
+
+
+def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash="", prelude=""):
+    """Run the script as boot BOOT_ID; the modules' autoload entries are ENTRIES (written anew each run).
+    PRELUDE: code run before the script's."""
     root = tmp_path / "root"
     (root / "autoload").mkdir(parents=True, exist_ok=True)
     for name, entry in entries.items():
@@ -43,6 +55,8 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         .replace("/lib/modules/", f"{root}/lib/modules/")
         .replace("/var/lib/kmodlab", str(root / "state"))
         .replace("/proc/sys/kernel/random/boot_id", str(root / "boot_id"))
+        .replace("/etc/systemd/system/", f"{root}/etc/systemd/system/")
+        .replace("/usr/local/sbin/", f"{root}/usr/local/sbin/")
     )
     (root / f"lib/modules/{KERNEL}/build").mkdir(parents=True, exist_ok=True)
     (root / f"lib/modules/{KERNEL}/build/Makefile").write_text("")
@@ -53,7 +67,7 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         (bin_dir / tool).chmod(0o755)
     log = tmp_path / "log"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), CRASH=crash)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", prelude + script], capture_output=True, text=True, env=env)
     return proc, (log.read_text() if log.exists() else ""), root
 
 
@@ -231,3 +245,69 @@ def test_a_deployment_of_this_boot_is_left_to_its_run(tmp_path):
     proc, log, _ = run_script(tmp_path, {"m": {"name": "m", "build_dir": "/x", "sources": "/x"}}, boot_id="boot-0")
     assert "m: a deployment of it is open (under way, or not rolled back); not loaded" in proc.stdout
     assert installed.read_bytes() == b"new" and (root / "state/journal/m.json").exists() and log == ""
+
+
+def boot_service(root):
+    """The boot service's files in ROOT (script, unit, enabling link)."""
+    files = [
+        root / "usr/local/sbin/kmodlab-modules",
+        root / "etc/systemd/system/kmodlab-modules.service",
+        root / "etc/systemd/system/multi-user.target.wants/kmodlab-modules.service",
+    ]
+    for path in files[:2]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("written by kmodlab\n")
+    files[2].parent.mkdir(parents=True, exist_ok=True)
+    files[2].symlink_to(files[1])
+    return files
+
+
+def test_a_rollback_at_boot_that_leaves_no_module_to_load_takes_the_service_away(tmp_path):
+    """Known defect: the rollback of a first deployment took its entry away, but the script, the unit and the
+    link that enables it stayed for ever (remove.yml left them too)."""
+    install(tmp_path, b"new")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False})
+    proc, log, _ = run_script(tmp_path, {"m": {"name": "m", "build_dir": "/nonexistent", "sources": "/nonexistent"}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (root / "autoload/m.json").exists()
+    assert [path for path in files if os.path.lexists(path)] == []
+
+
+def test_a_rollback_at_boot_keeps_the_service_of_the_other_modules(tmp_path):
+    install(tmp_path, b"new")
+    install(tmp_path, b"other's", passed=True, name="other")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False})
+    entries = {name: {"name": name, "build_dir": "/x", "sources": "/x"} for name in ("m", "other")}
+    proc, log, _ = run_script(tmp_path, entries)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(os.path.lexists(path) for path in files) and log.splitlines()[-1] == "other"
+
+
+def test_a_module_built_at_boot_is_installed_durably(tmp_path):
+    """Known defect: the boot build's copy and rename of the .ko had no fsync: a crash could leave it empty."""
+    good = sources(tmp_path / "good", "/* the release that works */\n")
+    entry = {"m": {"name": "m", "build_dir": good, "sources": good}}
+    proc, log, root = run_script(tmp_path, entry, prelude=FSYNC_LOG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    updates = root / f"lib/modules/{KERNEL}/updates"
+    assert f"fsync {updates}/m.ko.tmp\nfsync {updates}\n" in log
+
+
+def test_the_service_stays_when_a_later_rollback_puts_an_entry_back(tmp_path):
+    """Two unfinished deployments: a's had no entry before, b's (persist: false) took b's, the last one. The
+    service goes only once every rollback is done: b's entry is back, so it stays and b loads."""
+    install(tmp_path, b"a's new", name="a")
+    install(tmp_path, b"b's", passed=True, name="b")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    b_entry = json.dumps({"name": "b", "build_dir": "/x", "sources": "/x"})
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False}, name="a")
+    journal(root, {"installed": sha(b"b's"), "kept": None, "autoload": b_entry}, name="b")
+    proc, log, _ = run_script(tmp_path, {"a": {"name": "a", "build_dir": "/x", "sources": "/x"}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (root / "autoload/b.json").exists() and not (root / "autoload/a.json").exists()
+    assert all(os.path.lexists(path) for path in files) and log.splitlines()[-1] == "b"

@@ -1,0 +1,35 @@
+"""Writes that a crash (a killed run, a machine that stops) leaves whole or not done at all (kmodlab).
+
+The one home of these helpers in the collection; the boot service's script (kmod_host.BOOT_SCRIPT_TEXT)
+holds its own copy of write_durably and copy_durably, as it runs without the collection.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def fsync_directory(path):
+    """The names created, renamed or removed in directory PATH survive a crash."""
+    directory = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_durably(path, data, mode=0o644):
+    """PATH holds DATA (str or bytes) whole after a crash, or what it held before (fsync, rename, fsync dir)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path + ".tmp", mode)
+    os.rename(path + ".tmp", path)
+    fsync_directory(os.path.dirname(path))
+
+
+def copy_durably(source, path, mode=0o644):
+    with open(source, "rb") as handle:
+        write_durably(path, handle.read(), mode)
