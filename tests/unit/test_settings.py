@@ -70,8 +70,10 @@ def local_hosts(*names: str) -> dict:
             '[{"name": "*"}, {"name": "../kernel/fs/x"}]',
             r"bad module names in kmodlab_modules: \"*\", \"../kernel/fs/x\"",
         ),
+        # Known defect: the pattern ended in '$', which also matches before a final newline.
+        ('[{"name": "my_timer\\n"}]', r"bad module names in kmodlab_modules: \"my_timer\\n\""),
     ],
-    ids=["no name", "not a list", "not a list of dicts", "a name that is no module name"],
+    ids=["no name", "not a list", "not a list of dicts", "a name that is no module name", "a trailing newline"],
 )
 def test_bad_module_list_fails_at_the_start_naming_the_setting(tmp_path, modules, message):
     """A wrong kmodlab_modules stops the play at its first task with a message naming it."""
@@ -102,3 +104,19 @@ def test_a_failing_canary_stops_the_rollout_before_any_other_host(tmp_path):
     assert "ok: [h1]" in canary_play and "[h2]" not in canary_play and "[h3]" not in canary_play
     assert "fatal: [h1]" in canary_play
     assert "PLAY [Deploy to the other hosts" not in output
+
+
+def test_part1_removal_takes_what_interrupted_writes_left(tmp_path):
+    """Known defect: a write of the Part I sources killed half-way left .syscalls.XXXXXXXX beside them, and
+    removal took only the directory itself. Names that only look alike stay."""
+    state = tmp_path / "var/lib/kmodlab"
+    for directory in ("syscalls", ".syscalls.a1b2_c3d", ".syscalls.x", ".other.a1b2c3d4", "syscalls.a1b2c3d4"):
+        (state / directory).mkdir(parents=True)
+        (state / directory / "part1.c").write_text("int main(void) { return 0; }\n")
+    playbook = tmp_path / "remove_part1.yml"
+    play = {"hosts": "all", "gather_facts": False, "roles": [{"role": "syscall_exercise"}],
+            "vars": {"syscall_exercise_state": "absent", "syscall_exercise_dest": str(state / "syscalls")}}  # fmt: skip
+    playbook.write_text(yaml.safe_dump([play]))
+    result = run_playbook(tmp_path, str(playbook), {"fleet": {"hosts": local_hosts("h1")}})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in state.iterdir()) == [".other.a1b2c3d4", ".syscalls.x", "syscalls.a1b2c3d4"]

@@ -8,14 +8,16 @@ build, such as headers that are not installed) and build.json, what that build w
 and vermagic. kernel_module's build writes them, and so do the boot service's build and the kernel
 hooks' build (the boot script); module_status reports them and the boot script reads them.
 
-Standard library only, and no `from __future__` import: the boot service's script (kmod_host's
-BOOT_SCRIPT_TEXT) embeds this file as it is.
+Standard library and durable.py only, and no `from __future__` import: the boot service's script (kmod_host's
+BOOT_SCRIPT_TEXT) embeds this file after durable.py, without its import of durable.py.
 """
 
 import json
 import os
 import re
 import time
+
+from ansible_collections.kmodlab.fleet.plugins.module_utils.durable import write_durably
 
 # A kernel release as a path may hold it (uname -r: 6.1.0-50-amd64, 6.12.117+deb13-amd64).
 RELEASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]{0,127}\Z")
@@ -36,14 +38,9 @@ def log_path(state, name, release):
 
 
 def write_text(path, text):
-    """PATH holds TEXT whole, or what it held before (written beside it, then renamed)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8", errors="replace") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path + ".tmp", 0o644)
-    os.rename(path + ".tmp", path)
+    """PATH holds TEXT whole after a crash, or what it held before (durable.py); what UTF-8 cannot hold of a
+    command's output is replaced."""
+    write_durably(path, text.encode("utf-8", "replace"))
 
 
 def write_log(state, name, release, text):

@@ -18,6 +18,9 @@ UNLOAD = "unload"
 LOAD = "load"
 PERSIST = "load at boot"
 UNPERSIST = "no longer load at boot"
+# Planned alone (every other plan with install ends by keeping them too, once the release passed its check):
+# the release that runs is the one wanted, but the sources the boot service builds from are another's.
+SAVE_SOURCES = "keep the sources of the release that passed its check (the boot service builds them)"
 REMOVE_INSTALLED = "remove the installed modules of every kernel and run depmod"
 REMOVE_KEPT = "remove the kept modules"
 REMOVE_SOURCES = "remove the sources and build"
@@ -54,6 +57,7 @@ class Observed(object):
         foreign_build_dir="",
         leftovers=(),
         journal=None,
+        good_sources_current=True,
     ):
         self.kernel = kernel
         self.sources_current = sources_current
@@ -82,6 +86,8 @@ class Observed(object):
         # An unfinished deployment's journal is open: what its rollback brings back, as Observed's fields
         # (installed, kept, loaded, ...; only those it changes), else None.
         self.journal = journal
+        # The sources the boot service builds from (those of the release that last passed) are the wanted ones.
+        self.good_sources_current = good_sources_current
 
     def recovered(self):
         """The host as the rollback of the unfinished deployment leaves it (as it was before that deployment)."""
@@ -147,6 +153,8 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
         steps.append(PERSIST)
     elif not (persist and install) and observed.autoload_exists:
         steps.append(UNPERSIST)
+    if install and not steps and not observed.good_sources_current:
+        steps.append(SAVE_SOURCES)
     return steps
 
 

@@ -19,12 +19,17 @@ import re
 import shutil
 import time
 
-from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, deadline
+from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, deadline, durable
 from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  # noqa: F401 (StepFailed, Stuck: re-exported)
     StepFailed,
     Stuck,
     TimedOut,
     run_limited,
+)
+from ansible_collections.kmodlab.fleet.plugins.module_utils.durable import (  # noqa: F401 (re-exported)
+    copy_durably,
+    fsync_directory,
+    write_durably,
 )
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Observed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
@@ -79,11 +84,14 @@ import glob, hashlib, json, os, shutil, subprocess, sys, tempfile
 
 # @DEADLINE@
 
+# @DURABLE@
+
 # @BUILDS@
 
 KERNEL = os.uname().release
 MANIFEST = ".kmodlab-sources.json"
 STATE = "/var/lib/kmodlab"
+# @SERVICE_FILES@
 try:
     with open("/proc/sys/kernel/random/boot_id") as boot_id:
         BOOT_ID = boot_id.read().strip()
@@ -107,27 +115,6 @@ def read(path):
         return None
 
 
-def write_durably(path, data, mode=0o644):
-    """PATH holds DATA (bytes) whole after a crash, or what it held before."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path + ".tmp", mode)
-    os.rename(path + ".tmp", path)
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def copy_durably(source, path):
-    with open(source, "rb") as handle:
-        write_durably(path, handle.read())
-
-
 def record_of(name):
     """NAME's state record (kernel_module writes it too): passed and failed (kernel -> sha256 of the build
     that passed its check there, or failed its first try at boot), trial, proc_entry, rolled_back."""
@@ -145,7 +132,8 @@ def save_record(name, record):
 
 def roll_back(path):
     """Put back the files the deployment of journal PATH replaced (it did not finish: its run died, or the
-    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does."""
+    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does (with the rollbacks
+    done, the service goes if no module is left for it to load)."""
     with open(path) as handle:
         journal = json.load(handle)
     name, kernel, before = journal["name"], journal["kernel"], journal["before"]
@@ -369,6 +357,12 @@ def boot():
         except Exception as err:  # its module is not loaded (load() finds the journal open)
             print("%s: not rolled back: %s" % (journal, err), flush=True)
             failed += 1
+    # No module left to load at boot (a rollback took the last entry, or a run died taking it): the service
+    # goes, and the kernel hooks with it. Not before every rollback is done: one may put an entry back.
+    if not glob.glob("/etc/kmodlab/autoload.d/*.json"):
+        for service_file in SERVICE_FILES:
+            if os.path.lexists(service_file):
+                os.unlink(service_file)
     for entry in sorted(glob.glob("/etc/kmodlab/autoload.d/*.json")):
         try:
             error = load(entry)
@@ -432,10 +426,24 @@ def _source_of(module):
     return text
 
 
+# A one-line import of another module_utils file (as builds.py imports durable.py's write_durably).
+_COLLECTION_IMPORT = re.compile(
+    r"^from ansible_collections\.kmodlab\.fleet\.plugins\.module_utils\.\w+ import [\w, ]+\n", re.M
+)
+
+
+def _embedded(module):
+    """The source of MODULE for the boot script, without its imports of module_utils files: the script runs
+    without the collection, and embeds each of those files before the ones that import from it."""
+    return _COLLECTION_IMPORT.sub("", _source_of(module))
+
+
 # The deadline runner, as it is, so the boot service stops (or leaves behind) a command as a deploy does.
-BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @DEADLINE@\n", _source_of(deadline))
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @DEADLINE@\n", _embedded(deadline))
+# The durable writes (records, journal rollbacks, the boot build's install, build logs), as a deploy's.
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @DURABLE@\n", _embedded(durable))
 # The builds' logs and records, as kernel_module and module_status read and write them.
-BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @BUILDS@\n", _source_of(builds))
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @BUILDS@\n", _embedded(builds))
 
 # The kernel hooks: Debian's linux-image-<release> postinst runs /etc/kernel/postinst.d/* (run-parts, its
 # names without a dot) with the release and the image's path, linux-headers-<release> postinst runs
@@ -484,6 +492,27 @@ def boot_temporaries():
     return [path + ".tmp" for path in [BOOT_UNIT, BOOT_SCRIPT, *kernel_hooks()]]
 
 
+def boot_service_files():
+    """The boot service's files - the enabling link first, the unit, the script, the kernel hooks that run it -
+    and what their interrupted writes leave."""
+    return (BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, *kernel_hooks(), *boot_temporaries())
+
+
+# What the boot script removes when no module is left for it to load (after its rollbacks at boot).
+BOOT_SCRIPT_TEXT = BOOT_SCRIPT_TEXT.replace("# @SERVICE_FILES@\n", "SERVICE_FILES = %r\n" % (boot_service_files(),))
+
+
+def boot_service_current():
+    """Whether the boot service is this kmodlab's (its script, unit and kernel hooks as written here) and
+    enabled."""
+    return (
+        read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
+        and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
+        and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
+        and all(read(hook) == KERNEL_HOOK_TEXT.strip() for hook in kernel_hooks())
+    )
+
+
 def name_error(name):
     """Why NAME cannot be a module's name (a message), or None when it can."""
     if isinstance(name, str) and MODULE_NAME.match(name):
@@ -523,35 +552,6 @@ def read(path, default=""):
             return handle.read().strip()
     except OSError:
         return default
-
-
-def write_file(path, text, mode=0o644):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as handle:
-        handle.write(text)
-    os.chmod(path + ".tmp", mode)
-    os.rename(path + ".tmp", path)
-
-
-def write_durably(path, data, mode=0o644):
-    """PATH holds DATA (str or bytes) whole after a crash, or what it held before (fsync, rename, fsync dir)."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(data.encode() if isinstance(data, str) else data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(path + ".tmp", mode)
-    os.rename(path + ".tmp", path)
-    directory = os.open(os.path.dirname(path), os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def copy_durably(source, path, mode=0o644):
-    with open(source, "rb") as handle:
-        write_durably(path, handle.read(), mode)
 
 
 def elf_section(path, wanted):
@@ -692,15 +692,10 @@ class ModuleOnHost(object):
                 entry = json.load(handle)
         except (OSError, ValueError):
             return False
-        return (
-            entry == self.autoload_entry()
-            and read(BOOT_SCRIPT) == BOOT_SCRIPT_TEXT.strip()
-            and read(BOOT_UNIT) == BOOT_UNIT_TEXT.strip()
-            and os.path.realpath(BOOT_WANTS) == BOOT_UNIT
-            and all(read(hook) == KERNEL_HOOK_TEXT.strip() for hook in kernel_hooks())
-        )
+        return entry == self.autoload_entry() and boot_service_current()
 
     def observe(self, files=None):
+        """What the host holds for the module; FILES: the wanted sources (None: for removal)."""
         loaded = self.loaded()
         holders = sorted(os.listdir(self.sysfs + "/holders")) if os.path.isdir(self.sysfs + "/holders") else []
         others = [path for path in glob.glob(self.installed_for("*")) if path != self.installed]
@@ -727,6 +722,7 @@ class ModuleOnHost(object):
             observed.sources_current = sources_current(self.build_dir, files)
             observed.built_for = read_manifest(self.build_dir).get("built_for")
             observed.built = sha256(self.built)
+            observed.good_sources_current = sources_current(self.good_sources, files)
             observed.in_depmod = observed.installed is None or self.in_depmod()
             if loaded and observed.installed is not None:
                 observed.installed_srcversion = self.file_identity(self.installed)
@@ -793,6 +789,8 @@ class ModuleOnHost(object):
             differs.append("kept module")
         if read(self.autoload, None) != before["autoload"]:
             differs.append("boot entry")
+        if before["autoload"] is not None and not boot_service_current():
+            differs.append("boot service")
         if self.same_boot(journal):
             loaded = self.loaded()
             if loaded != before["loaded"] or (loaded and self.loaded_identity() in journal["new"]["identities"]):
@@ -905,24 +903,44 @@ class ModuleOnHost(object):
 
     def load(self):
         if self.install_build:
-            self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+            self.modprobe()
         else:
             self.run(["insmod", self.built], "insmod", self.limits["load"])
 
-    def persist(self):
-        write_file(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)
-        unit_changed = os.path.lexists(BOOT_UNIT) and read(BOOT_UNIT) != BOOT_UNIT_TEXT.strip()
-        write_file(BOOT_UNIT, BOOT_UNIT_TEXT)
-        if unit_changed:  # an older unit (without TimeoutStartSec): systemd reads the new one
-            self.reload_systemd()
+    def modprobe(self):
+        """Load the installed module (what a rollback loads again, whatever the run's install setting)."""
+        self.run(["modprobe", self.name], "modprobe", self.limits["load"])
+
+    def install_boot_service(self):
+        """The boot service as this kmodlab writes it - script, unit, enabled, and the kernel hooks that run
+        the script when a kernel or its headers are installed - durably; systemd reads a unit that changed.
+        What is current already is left as it is."""
+        if read(BOOT_SCRIPT) != BOOT_SCRIPT_TEXT.strip():
+            write_durably(BOOT_SCRIPT, BOOT_SCRIPT_TEXT, 0o755)
+        if read(BOOT_UNIT) != BOOT_UNIT_TEXT.strip():
+            unit_changed = os.path.lexists(BOOT_UNIT)
+            write_durably(BOOT_UNIT, BOOT_UNIT_TEXT)
+            if unit_changed:  # an older unit (without TimeoutStartSec): systemd reads the new one
+                self.reload_systemd()
         if os.path.realpath(BOOT_WANTS) != BOOT_UNIT:
             if os.path.lexists(BOOT_WANTS):
                 os.unlink(BOOT_WANTS)
             os.makedirs(os.path.dirname(BOOT_WANTS), exist_ok=True)
             os.symlink(BOOT_UNIT, BOOT_WANTS)
+            fsync_directory(os.path.dirname(BOOT_WANTS))
         for hook in kernel_hooks():  # a kernel installed from now on gets the modules built before its boot
-            write_file(hook, KERNEL_HOOK_TEXT, 0o755)
-        write_file(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
+            if read(hook) != KERNEL_HOOK_TEXT.strip():
+                write_durably(hook, KERNEL_HOOK_TEXT, 0o755)
+
+    def update_boot_service(self):
+        """A boot service of an older kmodlab (which loads whatever is installed, journal or not) is brought
+        up to date; none is installed where there is none (then nothing loads at boot)."""
+        if any(os.path.lexists(path) for path in (BOOT_SCRIPT, BOOT_UNIT, BOOT_WANTS)) and not boot_service_current():
+            self.install_boot_service()
+
+    def persist(self):
+        self.install_boot_service()
+        write_durably(self.autoload, json.dumps(self.autoload_entry(), sort_keys=True) + "\n")
 
     def autoload_entry(self):
         return {"name": self.name, "build_dir": self.build_dir, "sources": self.good_sources}
@@ -936,7 +954,7 @@ class ModuleOnHost(object):
             os.unlink(self.autoload)
         if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
             unit_went = os.path.lexists(BOOT_UNIT) or os.path.lexists(BOOT_WANTS)
-            for path in [BOOT_WANTS, BOOT_UNIT, BOOT_SCRIPT, *kernel_hooks()] + boot_temporaries():
+            for path in boot_service_files():
                 if os.path.lexists(path):
                     os.unlink(path)
             if unit_went:
@@ -990,8 +1008,8 @@ class ModuleOnHost(object):
             temporary = [d for d in subdirectories if fnmatch.fnmatchcase(d, ".%s.%s" % (name, TEMP_SUFFIX))]
             found += [os.path.join(directory, d) for d in temporary]
             subdirectories[:] = [d for d in subdirectories if d not in temporary]
-        if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):
-            found += [path for path in boot_temporaries() if os.path.lexists(path)]
+        if not glob.glob(os.path.join(AUTOLOAD_DIR, "*.json")):  # no module to load at boot: the service goes
+            found += [path for path in boot_service_files() if os.path.lexists(path)]
         return sorted(set(found)) + self.empty_directories()
 
     def kmodlab_directories(self):
@@ -1020,11 +1038,14 @@ class ModuleOnHost(object):
                 rmdir_if_empty(os.path.dirname(path))
 
     def remove_leftovers(self):
-        for path in self.leftovers():
+        leftovers = self.leftovers()
+        for path in leftovers:
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             elif os.path.lexists(path):
                 os.unlink(path)
+        if BOOT_UNIT in leftovers or BOOT_WANTS in leftovers:
+            self.reload_systemd()
         self.tidy()
 
     def check(self, proc_entry):
@@ -1050,7 +1071,12 @@ class ModuleOnHost(object):
 
     def open_journal(self):
         """Write down what the host holds before a deployment replaces any of it - the installed, loaded and
-        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's)."""
+        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's).
+
+        First a boot service of an older kmodlab is brought up to date: it ignores journals and loads whatever
+        is installed, so a crash after the install would boot into the build that has not passed its check.
+        """
+        self.update_boot_service()
         loaded, installed = self.loaded(), sha256(self.installed)
         before = {
             "installed": installed,
@@ -1077,7 +1103,8 @@ class ModuleOnHost(object):
 
     def restore_files(self, journal):
         """Put back the files the deployment JOURNAL records replaced: the installed module of its kernel (the
-        kept copy, or none), the kept copy (the one beside the journal, or none), the boot entry; depmod."""
+        kept copy, or none), the kept copy (the one beside the journal, or none), the boot entry, and with an entry
+        the boot service (script, unit, link and kernel hooks); depmod."""
         kernel, before = journal["kernel"], journal["before"]
         installed, kept = self.installed_for(kernel), self.kept_for(kernel)
         if sha256(installed) != before["installed"]:
@@ -1099,17 +1126,27 @@ class ModuleOnHost(object):
                 self.unpersist()
             else:
                 write_durably(self.autoload, before["autoload"] + "\n")
+        if before["autoload"] is not None:  # UNPERSIST (persist: false) took the service if the entry was the last
+            self.install_boot_service()
         if os.path.isdir(os.path.join(MODULES_ROOT, kernel)):
             self.depmod(kernel)
 
     def close_journal(self):
+        removed = False
         for path in (self.journal, self.journal_kept):
             if os.path.lexists(path):
                 os.unlink(path)
+                removed = True
+        if removed:  # closed for good: a crash now does not bring the journal back to be rolled back
+            fsync_directory(os.path.dirname(self.journal))
 
     def commit(self, files, proc_entry):
-        """The release passed its check: its build is recorded as passed on this kernel (what the boot service
-        loads), the journal closed, and FILES (None: unchanged) kept as what the boot service builds."""
+        """The release passed its check: FILES kept (durably) as what the boot service builds, where they
+        differ, its build recorded as passed on this kernel (what the boot service loads), and then the
+        journal closed. A run that dies (or fails) before the end leaves the journal open: the next run or
+        boot rolls the release back, never leaving it running with the sources of another."""
+        if not sources_current(self.good_sources, files):
+            self.save_good_sources(files)
         record = self.read_record()
         committed = dict(record, passed=dict(record.get("passed", {}), **{self.kernel: sha256(self.installed)}))
         committed["proc_entry"] = proc_entry or ""
@@ -1118,5 +1155,3 @@ class ModuleOnHost(object):
         if committed != record:
             self.write_record(committed)
         self.close_journal()
-        if files is not None:
-            self.save_good_sources(files)

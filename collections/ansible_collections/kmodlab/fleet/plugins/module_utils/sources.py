@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+
+from ansible_collections.kmodlab.fleet.plugins.module_utils.durable import fsync_directory, write_durably
 
 MANIFEST = ".kmodlab-sources.json"
 
@@ -30,7 +34,8 @@ def decode_files(files):
         raise SourceError("no source files given (is the source directory empty?)")
     decoded = {}
     for name, data in sorted(files.items()):
-        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", "..", MANIFEST):
+        reserved = ("", ".", "..", MANIFEST, MANIFEST + ".tmp")  # the manifest, and write_durably's temporary file
+        if not isinstance(name, str) or os.path.basename(name) != name or name in reserved:
             raise SourceError("bad source file name %r: only plain file names are allowed" % (name,))
         try:
             raw = base64.b64decode(data, validate=True)
@@ -119,31 +124,72 @@ def sources_current(dest, files):
     return read_manifest(dest).get("digest") == digest(files) and not source_diffs(dest, files)
 
 
+def exchange(one, other):
+    """Swap the names ONE and OTHER in a single step (renameat2 with RENAME_EXCHANGE); False where the C
+    library, the kernel or the file system cannot (nothing was changed then)."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(one), at_fdcwd, os.fsencode(other), rename_exchange) == 0:
+        return True
+    number = ctypes.get_errno()
+    if number in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(number, os.strerror(number), other)
+
+
+def swap_in(work, dest):
+    """Put the directory WORK at DEST; return where the directory DEST held went (None: there was none).
+
+    Where the kernel can exchange two names, DEST holds the old directory or the new one at every moment.
+    Else the old one is moved aside first (.<name>.XXXXXXXX, a leftover removal takes) and put back if the
+    new one cannot be put in its place.
+    """
+    if not os.path.isdir(dest):
+        os.rename(work, dest)
+        return None
+    if exchange(work, dest):
+        return work
+    parent = os.path.dirname(dest)
+    aside = tempfile.mkdtemp(prefix=".%s." % os.path.basename(dest), dir=parent)
+    os.rename(dest, aside)
+    try:
+        os.rename(work, dest)
+    except BaseException:
+        os.rename(aside, dest)
+        raise
+    return aside
+
+
 def write_sources(dest, files):
     """Replace DEST by a fresh directory holding FILES (build outputs of older sources go with it).
 
-    The new directory is written beside DEST and swapped in, so an error half-way leaves DEST as it was.
+    The new directory is written (durably) beside DEST and swapped in, and the old one removed after, so
+    an error or a crash at any point leaves DEST as it was or as it is meant to be, never missing.
     """
-    parent = os.path.dirname(dest.rstrip("/")) or "/"
+    dest = dest.rstrip("/") or "/"
+    parent = os.path.dirname(dest) or "/"
     os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".%s." % os.path.basename(dest.rstrip("/")), dir=parent)
+    work = tempfile.mkdtemp(prefix=".%s." % os.path.basename(dest), dir=parent)
     try:
         os.chmod(work, 0o755)
-        for name, text in files.items():
-            with open(os.path.join(work, name), "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-        with open(os.path.join(work, MANIFEST), "w") as handle:
-            json.dump({"files": sorted(files), "digest": digest(files)}, handle, indent=2, sort_keys=True)
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.rename(work, dest)
+        for name in sorted(files):  # NAME.tmp, write_durably's temporary file, is written after NAME
+            write_durably(os.path.join(work, name), files[name])
+        manifest = {"files": sorted(files), "digest": digest(files)}
+        write_durably(os.path.join(work, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))
+        old = swap_in(work, dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    fsync_directory(parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def update_manifest(dest, values):
     manifest = read_manifest(dest)
     manifest.update(values)
-    with open(os.path.join(dest, MANIFEST), "w") as handle:
-        json.dump(manifest, handle, indent=2, sort_keys=True)
+    write_durably(os.path.join(dest, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True))

@@ -39,7 +39,13 @@ description:
     rolls back any deployment whose journal is open; then it loads only a build that passed its check on
     the running kernel. For a kernel that has none (a kernel upgrade) it builds the sources of the release
     that last passed its check (never a release that did not); the first try of such a build is recorded
-    before modprobe, so a try that stops the machine is not repeated at the next boot.
+    before modprobe, so a try that stops the machine is not repeated at the next boot. A boot service
+    written by an older kmodlab (which ignores journals) is brought up to date before the installed module
+    is replaced, and the service (with its kernel hooks) goes when no module is left for it to load
+    (removal, or a rollback at boot).
+  - The sources of a release that passes its check are saved, before its deployment is closed, as what
+    the boot service builds; a host where they are another release's (a run that died right after the
+    check) gets the step C(keep the sources of the release that passed its check ...) alone.
   - With O(persist=true) kernel hooks are installed too, C(/etc/kernel/postinst.d/kmodlab) and
     C(/etc/kernel/header_postinst.d/kmodlab), which Debian's kernel packages run when a kernel or its
     headers are installed. They build each persisted module for that kernel from the sources of the
@@ -201,6 +207,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     REMOVE_INSTALLED,
     REMOVE_KEPT,
     REMOVE_SOURCES,
+    SAVE_SOURCES,
     UNLOAD,
     UNPERSIST,
     WRITE,
@@ -281,6 +288,8 @@ class KernelModule(object):
             try:
                 facts = host.check(self.module.params["proc_entry"])
                 now = "the previous %s (version %s) is loaded and answers" % (self.name, facts["version"] or "-")
+            except Stuck:
+                raise  # the read is left in the kernel: nothing more is done to it
             except StepFailed as err:
                 version = read(host.sysfs + "/version") or "-"
                 now = "the previous %s (version %s) is loaded, but its check fails: %s" % (self.name, version, err)
@@ -296,9 +305,10 @@ class KernelModule(object):
 
     def restore(self, journal):
         """Bring back what the host held before the deployment JOURNAL records: the installed module, the
-        kept copy and the boot entry; the new build unloaded, and the previous module loaded again only
-        where it was loaded. Returns what the host runs now, and whether it holds all it held before (then
-        the journal is closed; else it stays open for the next run or boot)."""
+        kept copy and the boot entry; the new build unloaded, and the previous module loaded again (the
+        installed one, by modprobe, whatever this run's install) only where it was loaded. Returns what
+        the host runs now, and whether it holds all it held before (then the journal is closed; else it
+        stays open for the next run or boot)."""
         host, before, new = self.host, journal["before"], journal["new"]
         errors = []
         try:
@@ -312,13 +322,14 @@ class KernelModule(object):
                 if host.loaded() and (not before["loaded"] or host.loaded_identity() in new["identities"]):
                     host.unload()
                 if before["loaded"] and not host.loaded() and not errors:
-                    host.load()
+                    host.modprobe()
             except Stuck:
                 raise
             except StepFailed as err:
                 errors.append(str(err))
         differs = host.journal_differs(journal)
-        now = self.what_runs(new, errors, not set(differs) & {"installed module", "kept module", "boot entry"})
+        files = {"installed module", "kept module", "boot entry", "boot service"}
+        now = self.what_runs(new, errors, not set(differs) & files)
         if differs:
             return "%s (%s not as before; the journal stays open)" % (now, ", ".join(differs)), False
         host.close_journal()
@@ -342,7 +353,13 @@ class KernelModule(object):
         """Roll back a deployment that did not finish (a run that died, a machine that stopped) before
         anything else, and say so; fail when the host cannot be brought back to what it held before."""
         journal = self.host.read_journal()
-        now, done = self.restore(journal)
+        try:
+            now, done = self.restore(journal)
+        except Stuck as err:  # the kernel holds a command of ours: the host fails, nothing more is done to it
+            self.fail(
+                "rolling back the deployment of %s begun %s that did not finish: %s; nothing more was done to the "
+                "kernel" % (self.name, journal["time"], err)
+            )
         message = "rolled back the deployment of %s (version %s) begun %s that did not finish; %s" % (
             self.name,
             journal["new"]["version"] or "-",
@@ -370,6 +387,8 @@ class KernelModule(object):
         journaled = False
         try:
             for action in plan:
+                if action == SAVE_SOURCES:
+                    continue  # commit saves them, once the check passed
                 if action in REPLACING and not journaled:
                     try:
                         self.host.open_journal()  # what the host holds, before anything of it is replaced
@@ -390,11 +409,12 @@ class KernelModule(object):
         if not self.module.params["install"]:
             return  # a deployment's sources and rollback record are left as they are
         try:
-            # Passed on this kernel (what the boot service loads), the journal closed; with a plan, these
-            # sources are what the boot service builds for a new kernel.
-            self.host.commit(self.files if plan else None, self.module.params["proc_entry"])
+            # These sources are what the boot service builds for a new kernel, the build passed on this
+            # kernel (what the boot service loads); then the journal is closed.
+            self.host.commit(self.files, self.module.params["proc_entry"])
         except OSError as err:
-            self.fail("the release works, but recording it failed: %s" % err)
+            still_open = " (its deployment stays open: the next run or boot rolls it back)"
+            self.fail("the release works, but recording it failed: %s%s" % (err, still_open if journaled else ""))
 
     def plan(self):
         params = self.module.params

@@ -93,7 +93,13 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.builds import BUILT
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import PERSIST, UNPERSIST, Refusal, plan_present
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
+    PERSIST,
+    SAVE_SOURCES,
+    UNPERSIST,
+    Refusal,
+    plan_present,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, name_error, read
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
 
@@ -107,7 +113,7 @@ def report(module, spec):
     files = decode_files(spec["files"])
     observed = host.observe(files)
     try:
-        drift = bool(set(plan_present(host.name, observed)) - {PERSIST, UNPERSIST})
+        drift = bool(set(plan_present(host.name, observed)) - {PERSIST, UNPERSIST, SAVE_SOURCES})
     except Refusal:
         drift = True
     rolled_back = host.last_rollback() or ""

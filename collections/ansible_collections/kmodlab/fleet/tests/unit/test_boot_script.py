@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import pytest
+from ansible_collections.kmodlab.fleet.plugins.module_utils import durable, kmod_host
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
     BOOT_SCRIPT,
     BOOT_SCRIPT_TEXT,
@@ -42,9 +43,20 @@ FAKES = {
 }
 
 
-def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash="", args=()):
+# Logs the path of each file and directory the script fsyncs (to $LOG), before its own code runs.
+FSYNC_LOG = (
+    "import os\n"
+    "def _fsync(fd, _real=os.fsync):\n"
+    "    with open(os.environ['LOG'], 'a') as log:\n"
+    "        log.write('fsync %s\\n' % os.readlink('/proc/self/fd/%d' % fd))\n"
+    "    _real(fd)\n"
+    "os.fsync = _fsync\n"
+)
+
+
+def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash="", args=(), prelude=""):
     """Run the script (with ARGS) as boot BOOT_ID; the modules' autoload entries are ENTRIES (written anew each
-    run)."""
+    run). PRELUDE: code run before the script's."""
     root = tmp_path / "root"
     (root / "autoload").mkdir(parents=True, exist_ok=True)
     for name, entry in entries.items():
@@ -56,6 +68,9 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         .replace("/lib/modules/", f"{root}/lib/modules/")
         .replace("/var/lib/kmodlab", str(root / "state"))
         .replace("/proc/sys/kernel/random/boot_id", str(root / "boot_id"))
+        .replace("/etc/systemd/system/", f"{root}/etc/systemd/system/")
+        .replace("/usr/local/sbin/", f"{root}/usr/local/sbin/")
+        .replace("/etc/kernel/", f"{root}/etc/kernel/")
     )
     (root / f"lib/modules/{KERNEL}/build").mkdir(parents=True, exist_ok=True)
     (root / f"lib/modules/{KERNEL}/build/Makefile").write_text("")
@@ -66,7 +81,7 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         (bin_dir / tool).chmod(0o755)
     log = tmp_path / "log"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), CRASH=crash)
-    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", prelude + script, *args], capture_output=True, text=True, env=env)
     return proc, (log.read_text() if log.exists() else ""), root
 
 
@@ -399,3 +414,94 @@ def test_the_hook_never_fails_the_kernels_installation_and_writes_only_to_stderr
     script.unlink()  # kmodlab was removed, the hook left: nothing to do
     proc = subprocess.run([str(hook_file), NEW], capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
+
+
+def boot_service(root):
+    """The boot service's files in ROOT (script, unit, kernel hooks, enabling link)."""
+    files = [
+        root / "usr/local/sbin/kmodlab-modules",
+        root / "etc/systemd/system/kmodlab-modules.service",
+        root / "etc/kernel/postinst.d/kmodlab",
+        root / "etc/kernel/header_postinst.d/kmodlab",
+        root / "etc/systemd/system/multi-user.target.wants/kmodlab-modules.service",
+    ]
+    for path in files[:-1]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("written by kmodlab\n")
+    files[-1].parent.mkdir(parents=True, exist_ok=True)
+    files[-1].symlink_to(files[1])
+    return files
+
+
+def test_a_rollback_at_boot_that_leaves_no_module_to_load_takes_the_service_away(tmp_path):
+    """Known defect: the rollback of a first deployment took its entry away, but the script, the unit and the
+    link that enables it stayed for ever (remove.yml left them too); so would the kernel hooks."""
+    install(tmp_path, b"new")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False})
+    proc, log, _ = run_script(tmp_path, {"m": {"name": "m", "build_dir": "/nonexistent", "sources": "/nonexistent"}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (root / "autoload/m.json").exists()
+    assert [path for path in files if os.path.lexists(path)] == []
+
+
+def test_a_rollback_at_boot_keeps_the_service_of_the_other_modules(tmp_path):
+    install(tmp_path, b"new")
+    install(tmp_path, b"other's", passed=True, name="other")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False})
+    entries = {name: {"name": name, "build_dir": "/x", "sources": "/x"} for name in ("m", "other")}
+    proc, log, _ = run_script(tmp_path, entries)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert all(os.path.lexists(path) for path in files) and log.splitlines()[-1] == "other"
+
+
+def test_a_module_built_at_boot_is_installed_durably(tmp_path):
+    """Known defect: the boot build's copy and rename of the .ko had no fsync: a crash could leave it empty."""
+    good = sources(tmp_path / "good", "/* the release that works */\n")
+    entry = {"m": {"name": "m", "build_dir": good, "sources": good}}
+    proc, log, root = run_script(tmp_path, entry, prelude=FSYNC_LOG)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    updates = root / f"lib/modules/{KERNEL}/updates"
+    assert f"fsync {updates}/m.ko.tmp\nfsync {updates}\n" in log
+
+
+def test_the_service_stays_when_a_later_rollback_puts_an_entry_back(tmp_path):
+    """Two unfinished deployments: a's had no entry before, b's (persist: false) took b's, the last one. The
+    service goes only once every rollback is done: b's entry is back, so it stays and b loads."""
+    install(tmp_path, b"a's new", name="a")
+    install(tmp_path, b"b's", passed=True, name="b")
+    root = tmp_path / "root"
+    files = boot_service(root)
+    b_entry = json.dumps({"name": "b", "build_dir": "/x", "sources": "/x"})
+    journal(root, {"installed": None, "kept": None, "autoload": None, "loaded": False}, name="a")
+    journal(root, {"installed": sha(b"b's"), "kept": None, "autoload": b_entry}, name="b")
+    proc, log, _ = run_script(tmp_path, {"a": {"name": "a", "build_dir": "/x", "sources": "/x"}})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (root / "autoload/b.json").exists() and not (root / "autoload/a.json").exists()
+    assert all(os.path.lexists(path) for path in files) and log.splitlines()[-1] == "b"
+
+
+def test_the_hooks_build_and_its_log_are_written_durably(tmp_path):
+    """The kernel hooks' build installs the module and keeps its log and record with durable.py's writes."""
+    good = sources(tmp_path / "good", "/* fine */\n")
+    root = kernel(tmp_path, NEW)
+    proc, log, root = run_script(
+        tmp_path, {"m": dict(ENTRY, sources=good)}, args=("--kernel-installed", NEW), prelude=FSYNC_LOG
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = root / f"state/logs/m/{NEW}"
+    for path in (logs / "make.log", logs / "build.json", root / f"lib/modules/{NEW}/updates/m.ko"):
+        assert f"fsync {path}.tmp\nfsync {path.parent}\n" in log, path
+
+
+def test_the_script_embeds_durable_py_as_it_is_and_no_import_of_the_collection():
+    """One home per fact: durable.py's writes are the script's (no copy of them), builds.py uses them."""
+    assert kmod_host._source_of(durable) in BOOT_SCRIPT_TEXT
+    assert BOOT_SCRIPT_TEXT.count("def write_durably(") == 1 and BOOT_SCRIPT_TEXT.count("def copy_durably(") == 1
+    assert "ansible_collections" not in BOOT_SCRIPT_TEXT and "# @" not in BOOT_SCRIPT_TEXT
+    assert BOOT_SCRIPT_TEXT.index("def write_durably(") < BOOT_SCRIPT_TEXT.index("def write_text(")
+    assert f"SERVICE_FILES = {kmod_host.boot_service_files()!r}" in BOOT_SCRIPT_TEXT
+    compile(BOOT_SCRIPT_TEXT, BOOT_SCRIPT, "exec")

@@ -282,3 +282,29 @@ def test_a_deployment_does_not_replace_a_directory_kmodlab_did_not_write(tmp_pat
     assert result.get("failed") is True, result
     assert "holds files but no .kmodlab-sources.json, so kmodlab did not write it; refusing" in result["msg"]
     assert sorted(p.name for p in dest.iterdir()) == ["thesis.tex"]
+
+
+@pytest.mark.timeout(60)
+def test_a_boot_service_with_no_module_left_to_load_is_removed(root, tmp_path):
+    """Known defect: only the boot entry's removal took the service away. A first deployment rolled back at
+    boot, or a run killed in unpersist() between the entry and the unit, left the script, the unit and the
+    link for ever, and removal planned nothing for them. With no entry left they are leftovers."""
+    host = deploy(root, "hello", [RUNNING])
+    os.unlink(host.autoload)  # killed right after it in unpersist()
+    service = [kmod_host.BOOT_SCRIPT, kmod_host.BOOT_UNIT, kmod_host.BOOT_WANTS, *kmod_host.kernel_hooks()]
+    assert all(os.path.lexists(path) for path in service)
+    (tmp_path / "log").unlink(missing_ok=True)
+    planned = remove(root, "hello", check_mode=True)["actions"]
+    assert planned == [REMOVE_INSTALLED, REMOVE_KEPT, REMOVE_SOURCES, CLEAN]
+    assert remove(root, "hello")["actions"] == planned
+    assert not any(os.path.lexists(path) for path in service)
+    assert (tmp_path / "log").read_text().splitlines().count("systemctl daemon-reload") == 1
+    assert not (root / "etc/kernel/header_postinst.d").exists() and (root / "etc/kernel/postinst.d").is_dir()
+    assert remove(root, "hello")["actions"] == []
+
+
+def test_a_boot_service_that_still_loads_a_module_is_no_leftover(root):
+    deploy(root, "hello", [RUNNING])
+    host = deploy(root, "my_timer", [RUNNING])
+    service = {kmod_host.BOOT_SCRIPT, kmod_host.BOOT_UNIT, kmod_host.BOOT_WANTS, *kmod_host.kernel_hooks()}
+    assert not set(host.leftovers()) & service
