@@ -3,13 +3,13 @@
 Runs only with --grade-class, after every other test (it takes the modules off the hosts and saves the
 lab machines' disks); needs the lab the hosts belong to (--lab). It proves what the corpus says
 (tests/corpus/verdicts.py) in two grader runs:
-- a class of the reference, every correct variant of tests/corpus (each holding its module only, so
-  its other parts are missing) and a submission refused for a symbolic link, graded on every kernel:
-  the reference passes every check, and each correct variant every check of its module and of the
-  whole submission, on every kernel;
-- a class of every faulty variant and every attack of tests/corpus/attacks.yml, graded with
+- a class of the reference and a submission refused for a symbolic link, graded on every kernel: the
+  reference passes every check on every kernel;
+- a class of every correct variant of tests/corpus (each holding its module only, so its other parts are
+  missing), every faulty variant and every attack of tests/corpus/attacks.yml, graded with
   --one-kernel-each (the kernels in turn: half of them on each, for CI's time; bench/grade_corpus.sh
-  grades them all on every kernel): each faulty variant fails the check named for its bug, each attack
+  grades them all on every kernel): each correct variant passes every check of its module and of the
+  whole submission, each faulty variant fails the check named for its bug, each attack
   gets the verdicts attacks.yml gives it, and nothing of any attack ran on the controller. Among them a
   forced borrow bug, a buffer overflow that crashes the kernel, a compile error, and a module that
   tampers with its machine as root (graded first on each kernel: the submissions after it on that
@@ -41,7 +41,7 @@ REFUSED = "mallory"
 # The module that tampers with its machine is graded first on every kernel in the first run too: the
 # reference graded after it on the same machine passes every check.
 TAMPERS = "attack-a1-tampers-with-the-machine"
-RUNS = {"every-kernel": [TAMPERS, "reference", *CORRECT, REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY]}
+RUNS = {"every-kernel": [TAMPERS, "reference", REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY, *CORRECT]}
 
 
 @pytest.fixture(scope="session")
@@ -107,16 +107,16 @@ def test_every_kernel_grades_every_submission_or_one_kernel_each_spreads_them(gr
 
 
 def test_each_verdict_is_the_one_the_corpus_expects(graded, graded_hosts):
-    """The reference passes every check and each correct variant every check of its module and of the
-    whole submission, on every kernel; each faulty variant fails the check named for its bug."""
+    """The reference passes every check on every kernel, each correct variant every check of its module and
+    of the whole submission on the kernel it was graded on; each faulty variant fails the check named for
+    its bug."""
     kernels = set(graded_hosts.values())
     results = [result for run in RUNS for result in verdicts.judge(graded[run]["grades"])]
     attacked = [result for run in RUNS for result in verdicts.judge_attacks(graded[run]["grades"])]
     assert sorted(name for name, *_ in attacked) == sorted([*ATTACKS, TAMPERS, TAMPERS])
     judged = {(student, kernel) for student, kernel, *_ in results}
-    assert {(s, k) for s, k in judged if s not in FAULTY and s not in ATTACKS} == {
-        (student, kernel) for student in ("reference", *CORRECT) for kernel in kernels
-    }
+    assert {(s, k) for s, k in judged if s == "reference"} == {("reference", kernel) for kernel in kernels}
+    assert sorted(student for student, _kernel in judged if student in CORRECT) == CORRECT
     assert sorted(student for student, _kernel in judged if student in FAULTY) == FAULTY
     assert [f"{student} on {kernel}: {said}" for student, kernel, said, ok in results + attacked if not ok] == []
 
