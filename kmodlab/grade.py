@@ -9,7 +9,9 @@ less the ones that pin the reference's own choices), under pytest-timeout. Their
 back into verdicts, one per check: pass, fail, missing (the part is not in the submission) or error
 (the check could not run, and why). kmodlab.reports writes them out.
 
-A host whose kernel oopsed or warned, that ran out of time, or that was not left clean is restored
+A host whose kernel oopsed or warned through the submission's doing (kmodlab.kernel_log: the clocksource
+watchdog's and other messages an emulated machine makes by itself are notes), that ran out of time, or that
+was not left clean is restored
 (lab machines only: booted on a fresh overlay of the disk saved after the preparation) before it
 takes the next submission. By default only the local lab's inventory is graded on: submissions are
 untrusted code run as root.
@@ -37,6 +39,7 @@ import yaml
 from kmodlab import LabError
 from kmodlab.build import BuildRoot, build_module, ensure_build_root
 from kmodlab.distros import get_distro
+from kmodlab.kernel_log import NOTES_PROPERTY
 from kmodlab.lab import ADDRESS, DEFAULT_INVENTORY, Lab
 from kmodlab.mirror import find_mirror
 from kmodlab.progress import say
@@ -114,6 +117,9 @@ class Verdict:
     reason: str = ""
     seconds: float = 0.0
     submission: str = ""  # the grader's id of the submission: its directory in raw/ and in submissions/
+    # What the check saw and did not count against the submission (kernel log messages the emulated machine
+    # makes by itself: kmodlab.kernel_log), shown in the reports; a pass with notes restores nothing.
+    notes: str = ""
 
 
 @dataclass
@@ -184,6 +190,19 @@ def junit_outcomes(path: Path, parts: tuple[str, ...], host: str) -> dict[tuple[
         else:
             outcomes[key] = ("pass", "", seconds)
     return outcomes
+
+
+def junit_notes(path: Path, parts: tuple[str, ...], host: str) -> dict[tuple[str, str], str]:
+    """(part, check) -> its notes (the JUnit property NOTES_PROPERTY a kernel-log check records), for those with any."""
+    notes = {}
+    # pytest wrote this file, escaping what the hosts printed.
+    for case in ET.parse(path).getroot().iter("testcase"):  # noqa: S314
+        said = [p.get("value", "") for p in case.iter("property") if p.get("name") == NOTES_PROPERTY]
+        if any(said):
+            module = case.get("classname", "").rsplit(".", 1)[-1]
+            key = parse_nodeid(f"{FLEET.as_posix()}/{module}.py::{case.get('name', '')}", parts, host)
+            notes[key] = "\n".join(filter(None, said))
+    return notes
 
 
 def readable(message: str, text: str) -> str:
@@ -525,7 +544,10 @@ class Grader:
         job.phases["checks"] = round(time.monotonic() - started, 1)
         (raw / f"{host.name}.checks.log").write_text(checked.stdout + checked.stderr)
         outcomes = junit_outcomes(junit, self.parts, host.name) if junit.is_file() else {}
-        verdicts = self.verdicts(job, host, record, outcomes)
+        notes = junit_notes(junit, self.parts, host.name) if junit.is_file() else {}
+        verdicts = self.verdicts(job, host, record, outcomes, notes)
+        # The kernel-log checks fail only for what the submission is to blame for (kmodlab.kernel_log): their
+        # notes (the emulated machine's own messages) restore nothing.
         trouble = self.trouble(checked, outcomes)
         if trouble:
             started = time.monotonic()
@@ -578,10 +600,11 @@ class Grader:
             chosen.append(nodeid.replace(f"ansible://{self.hosts[0].name}", f"ansible://{host.name}"))
         return chosen
 
-    def verdicts(self, job: Job, host: Host, record: dict, outcomes: dict) -> list[Verdict]:
+    def verdicts(self, job: Job, host: Host, record: dict, outcomes: dict, notes: dict | None = None) -> list[Verdict]:
         """Each check's verdict. A part that is not there is missing; one that did not build and load fails
         its build check and its other checks did not run (error), whatever ran on the host; the checks of the
-        whole submission count only if some part of it loaded (Part I: ran)."""
+        whole submission count only if some part of it loaded (Part I: ran). NOTES: (part, check) -> what a
+        check that ran noted (junit_notes)."""
         submission = job.submission
         loaded = {part for part in submission.parts if record.get(part, {}).get("ok")}
         verdicts = []
@@ -606,6 +629,7 @@ class Grader:
                     verdict.reason = "not run: no part of the submission built and loaded"
                 elif (part, check) in outcomes:
                     verdict.verdict, verdict.reason, verdict.seconds = outcomes[(part, check)]
+                    verdict.notes = (notes or {}).get((part, check), "")
                 else:
                     verdict.reason = "not run: the checks stopped early (see the raw logs)"
                 verdicts.append(verdict)
@@ -613,7 +637,9 @@ class Grader:
 
     @staticmethod
     def trouble(checked: subprocess.CompletedProcess, outcomes: dict) -> str:
-        """Why the host must be restored before the next submission, or ''."""
+        """Why the host must be restored before the next submission, or ''. The kernel log decides through its
+        checks, which fail for what the submission is to blame for only (kmodlab.kernel_log): what the emulated
+        machine logs by itself (their notes) does not restore it."""
         if checked.returncode not in (0, 1) or not outcomes:
             return f"the checks did not complete (pytest exit {checked.returncode})"
         for (_part, check), (verdict, reason, _seconds) in outcomes.items():

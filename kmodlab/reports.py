@@ -129,9 +129,10 @@ def junit(rows: list[dict]) -> ET.ElementTree:
                 ET.SubElement(element, "error", message=reason)
             elif case["verdict"] == "missing":
                 ET.SubElement(element, "skipped", message=f"missing: {reason}")
-            ET.SubElement(element, "properties").append(
-                ET.Element("property", name="points", value=f"{case['points']:g}/{case['max_points']:g}")
-            )
+            properties = ET.SubElement(element, "properties")
+            properties.append(ET.Element("property", name="points", value=f"{case['points']:g}/{case['max_points']:g}"))
+            if case.get("notes"):
+                properties.append(ET.Element("property", name="notes", value=clean(case["notes"])))
     ET.indent(suites)
     return ET.ElementTree(suites)
 
@@ -159,8 +160,11 @@ def markdown(rows: list[dict]) -> str:
             reason = next(r["reason"] for r in mine if (r["kernel"], r["part"]) == (kernel, part))
             lines.append(f"| {kernel} | {part} | (all its checks) | missing | {markdown_cell(reason)} |")
         for row in mine:
-            if row["verdict"] not in ("pass", "missing"):
-                cells = (row["kernel"], row["part"], row["check"], row["verdict"], row["reason"])
+            if row["verdict"] not in ("pass", "missing") or row.get("notes"):
+                reason = row["reason"]
+                if row.get("notes"):  # shown for a check that passed too: what it did not count
+                    reason += ("\n" if reason else "") + f"not counted (not the submission's doing): {row['notes']}"
+                cells = (row["kernel"], row["part"], row["check"], row["verdict"], reason)
                 lines.append("| " + " | ".join(markdown_cell(cell) for cell in cells) + " |")
         passed = sum(row["verdict"] == "pass" for row in mine)
         lines += ["", f"Every other check passed ({passed} in all)."]
@@ -188,7 +192,9 @@ def write_all(verdicts: list, rubric: Rubric, out: Path, timings: dict[tuple[str
 
     Reasons are cleaned and cut (clean) in every report. Each report is written on its own (to a new
     file, then moved over the old): one that cannot be written is said, and the others still are."""
-    rows = [dict(row, reason=clean(row["reason"])) for row in scored(verdicts, rubric)]
+    rows = [
+        dict(row, reason=clean(row["reason"]), notes=clean(row.get("notes", ""))) for row in scored(verdicts, rubric)
+    ]
     out.mkdir(parents=True, exist_ok=True)
     sums = totals(rows)
     summary = [

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kmodlab import kernel_log
+
 REPO = Path(__file__).resolve().parents[2]
 # When the session began, for progress(): set at the first step said.
 STARTED = pytest.StashKey[float]()
@@ -55,28 +57,10 @@ def read(entry):
         os.close(fd)
 """
 
-# Printed once by the kernel when a timer interrupt ran long: under emulation (TCG) after a fresh boot,
-# whatever the modules do. It says nothing about them, so it is not counted.
-EMULATION_NOISE = re.compile(r"\] hrtimer: interrupt took \d+ ns$")
-
-
-# What the kernel prints when something went wrong inside it: an oops, a BUG, a WARN_ON, a lockup, a
-# memory error found by a checker, a /proc entry created twice.
-SPLAT = re.compile(
-    r"BUG:|Oops|WARNING:|kernel BUG at|general protection fault|Call Trace|soft lockup|hard LOCKUP"
-    r"|INFO: task .* blocked|rcu_.*stall|detected buffer overflow|refcount_t:|UBSAN:|KASAN:|already registered"
-)
-
-
 # Hosts whose tests stop after a time-out (HUNG[name] = why) or whose checks stop after a crash of the
 # kernel (CRASHED[name] = why): conftest.py fills them in.
 HUNG: dict[str, str] = {}
 CRASHED: dict[str, str] = {}
-
-# What the kernel prints when it killed the task that hit a bug in it (which may have held locks that
-# nothing will release now): an oops, a BUG, a general protection fault, a fortified buffer overflow.
-CRASH = re.compile(r"BUG:|Oops|kernel BUG at|general protection fault|detected buffer overflow")
-
 
 # With --kernel-log FILE@OFFSET (conftest.py): the kernel log is the machine's console as the controller
 # keeps it (path, offset: where this submission's part begins), not the host's dmesg.
@@ -120,32 +104,45 @@ def console_size() -> int | None:
     return KERNEL_LOG["path"].stat().st_size if KERNEL_LOG else None
 
 
-def kernel_log(host) -> list[str]:
+def kernel_log_lines(host) -> list[str]:
     """The kernel log since the deploy: the console's (--kernel-log), else the host's dmesg."""
     if KERNEL_LOG:
         return console_lines()
     return host.run("timeout 20 dmesg").stdout.splitlines()
 
 
+def judged(lines: list[str]) -> kernel_log.KernelLog:
+    """LINES of the kernel log judged for the submission's modules (MODULES): what it is to blame for, the notes."""
+    return kernel_log.judge(lines, MODULES)
+
+
 def kernel_crash(host) -> str:
-    """The first kernel log line saying the kernel crashed (CRASH), or '' (also when the log cannot be read)."""
+    """The first kernel log line saying the kernel crashed in a report the submission is to blame for (not the
+    emulated machine's own noise), or '' (also when the log cannot be read)."""
     try:
-        lines = kernel_log(host)
+        lines = kernel_log_lines(host)
     except Exception:  # noqa: BLE001 (a host that does not answer is for the next check to tell)
         return ""
-    return next((line for line in lines if CRASH.search(line)), "")
+    return judged(lines).crash()
 
 
-def splats_in_dmesg(host) -> list[str]:
-    """Kernel log lines that say something went wrong in the kernel (SPLAT), in order."""
+def kernel_log_judged(host) -> kernel_log.KernelLog:
+    """The kernel log since the deploy (the console's with --kernel-log, else dmesg), judged."""
     lines = console_lines() if KERNEL_LOG else host.check_output("dmesg").splitlines()
-    return [line for line in lines if SPLAT.search(line)]
+    return judged(lines)
 
 
-def warnings_in_dmesg(host) -> set[str]:
-    """Kernel log lines of level warning or worse (the emulator's timer noise aside)."""
-    lines = host.check_output("dmesg --level=emerg,alert,crit,err,warn").splitlines()
-    return {line for line in lines if not EMULATION_NOISE.search(line)}
+def warnings_in_dmesg(host) -> list[str]:
+    """Kernel log lines of level warning or worse, in order."""
+    return host.check_output("dmesg --level=emerg,alert,crit,err,warn").splitlines()
+
+
+def note(request, log: kernel_log.KernelLog) -> None:
+    """Record LOG's notes with the check (the JUnit property the grader reads: its reports show them) and print them."""
+    noted = log.noted()
+    if noted:
+        request.node.user_properties.append((kernel_log.NOTES_PROPERTY, noted))
+        print("kernel log notes (not the submission's doing, not counted):\n" + noted)
 
 
 def hosts_under_test(request) -> list:

@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 CONFTEST = Path(__file__).resolve().parents[1] / "fleet" / "conftest.py"
-# The conftest, copied beside the tests made here, imports the fleet tests' helpers from where they are.
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(CONFTEST.parent), os.environ.get("PYTHONPATH", "")]))
+# The conftest, copied beside the tests made here, imports the fleet tests' helpers from where they are, and
+# they import kmodlab (kernel_log) from the repository (pyproject.toml's pythonpath does it for tests/fleet).
+PATHS = [str(CONFTEST.parent), str(CONFTEST.parents[2]), os.environ.get("PYTHONPATH", "")]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS))
 
 
 def collected_order(tmp_path: Path, *options: str) -> list[str]:
