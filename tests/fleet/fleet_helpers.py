@@ -133,8 +133,10 @@ def kernel_log_judged(host) -> kernel_log.KernelLog:
 
 
 def warnings_in_dmesg(host) -> list[str]:
-    """Kernel log lines of level warning or worse, in order."""
-    return host.check_output("dmesg --level=emerg,alert,crit,err,warn").splitlines()
+    """Kernel log lines of level warning or worse, in order: the kernel's own (facility kern), not what programs
+    write to /dev/kmsg (systemd's generators log there at a daemon-reload: on Debian 13,
+    "systemd-ssh-generator: Failed to query local AF_VSOCK CID")."""
+    return host.check_output("dmesg --facility=kern --level=emerg,alert,crit,err,warn").splitlines()
 
 
 def note(request, log: kernel_log.KernelLog) -> None:
