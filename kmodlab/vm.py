@@ -32,6 +32,12 @@ from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 
 QEMU = "qemu-system-x86_64"
+# The emulated CPU under TCG: every feature QEMU emulates (SMAP and SMEP among them, which catch a module
+# writing straight into a user pointer), but not ERMS and FSRM, whose "rep movsb/stosb" TCG runs a byte at a
+# time while the kernel and glibc prefer them for copies and page clearing. Measured on one Debian 12 guest
+# (2-core host): a 300 MiB allocation 1.0 s against 1.9 s, a module's kbuild 15.0-16.2 s against 15.7-16.8 s,
+# apt-get install build-essential with headers 71 s against 75 s.
+TCG_CPU = "max,-erms,-fsrm"
 # Virtual CPUs of a machine started on its own; a lab shares the host's cores among its machines
 # (cpus_per_machine).
 DEFAULT_CPUS = 2
@@ -144,7 +150,7 @@ def qemu_command(
     if poweroff:
         append.append("systemd.unit=poweroff.target")
     accel = (
-        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
     )
     netdev = ["user", "id=net0"]
     if config.port:
