@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 LAB = [sys.executable, "-m", "kmodlab"]
 
 
+def sigint_as_at_a_terminal() -> None:
+    """In the child: SIGINT back to its default, as a user's Ctrl-C finds it (a suite started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def qemu_processes(lab_home: Path) -> list[int]:
     """PIDs of QEMU processes whose command line mentions this lab's directory."""
     pids = []
@@ -91,7 +97,7 @@ def test_interrupting_up_leaves_no_qemu_behind(images_built, lab_env, signum):
     """SIGINT, SIGTERM or SIGHUP while up waits for ssh: exit 130 and the machine's QEMU is gone."""
     proc = subprocess.Popen(
         [*LAB, "--lab", "itest", "up", "--vm", "debian12", "--inventory", "none"],
-        env=lab_env, cwd=REPO, stderr=subprocess.PIPE, text=True,
+        env=lab_env, cwd=REPO, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_at_a_terminal,
     )  # fmt: skip
     for line in proc.stderr:
         if "waiting for ssh" in line:

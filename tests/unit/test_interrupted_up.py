@@ -23,6 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = "Package: linux-image-amd64\nVersion: 6.1.999-1\nDepends: linux-image-6.1.0-99-amd64 (= 6.1.999-1)\n"
 
 
+def sigint_as_at_a_terminal() -> None:
+    """In the child: SIGINT back to its default, as a user's Ctrl-C finds it (a suite started in the background
+    by a non-interactive shell inherits SIGINT ignored, and Python then installs no KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def processes_mentioning(text: str) -> list[int]:
     """Live processes whose command line contains TEXT."""
     pids = []
@@ -84,6 +90,7 @@ def test_signal_during_the_image_build_leaves_nothing_running_and_no_entry(lab_e
     proc = subprocess.Popen(
         [sys.executable, "-m", "kmodlab", "up", "--vm", "debian12", "--inventory", "none", "--accel", "tcg"],
         env=lab_env, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=sigint_as_at_a_terminal,
     )  # fmt: skip
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
