@@ -347,5 +347,5 @@ def test_concurrent_readers_get_well_formed_output(host):
     for chunk in chunks:
         assert BOTH.fullmatch(chunk), repr(chunk)
     after = warnings_in_dmesg(host)
-    assert after - before == set()
+    assert set(after) - set(before) == set()
     assert host.file("/sys/module/my_timer").exists
