@@ -10,14 +10,17 @@ and records what it saw; the tests then assert on the record:
 3. a release whose build waits on a marker: the 6.12 canary is stopped while it builds, so the canary
    batch fails and no other host is touched; the machine is started again and loads its modules at boot;
 4. a second operator's lock makes a deploy wait, then fail clearly;
-5. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
-6. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers: their
+5. deploys that die half-way: one killed (kill -9) after the load, before the check, is rolled back by the
+   next deploy; a release that panics its machine on load is rolled back at the next boot, with no boot loop;
+6. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
+7. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers: their
    installation builds the modules for it (kmodlab's kernel hooks), before the reboot; it reboots into it
    and has the modules loaded at boot with no build there; the next deploy brings it up to date.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -29,12 +32,18 @@ from pathlib import Path
 import pytest
 from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, progress, run_playbook
 
+from kmodlab.lab import Lab
+
 pytestmark = pytest.mark.rollout
 
 TIMER = MODULES["my_timer"]
 GOOD = module_version("my_timer")
 NEW_KERNEL = (6, 12)
 MARKER = "/run/kmodlab-test-release-building"
+INIT_WAITS = "kmodlab test: init waits for a signal"
+PANIC = "Kernel panic - not syncing: kmodlab test: this release panics on load"
+JOURNAL = "/var/lib/kmodlab/journal/my_timer.json"
+LOCK = "/run/kmodlab.lock"
 
 
 def kernel_tuple(release: str) -> tuple[int, int]:
@@ -111,6 +120,23 @@ class Fleet:
         return {name: self.timer(name) for name in self.hosts}
 
 
+def playbook_command(request) -> list[str]:
+    """ansible-playbook deploy.yml against the tests' inventory, to start in the background."""
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "deploy.yml"]
+    inventory = request.config.getoption("ansible_inventory")
+    return command + (["-i", str(inventory)] if inventory else [])
+
+
+@contextlib.contextmanager
+def ended_on_failure(proc: subprocess.Popen):
+    """Kill PROC if the block fails, so that leaving it does not wait for a run that may never end."""
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        raise
+
+
 def wait_for(check, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while not check():
@@ -171,9 +197,7 @@ def story(request, tmp_path_factory):
     for h in fleet.hosts.values():
         h.run(f"rm -f {MARKER}")
     vanishing = fleet.new[0]
-    command = [str(Path(sys.executable).parent / "ansible-playbook"), "deploy.yml", "--limit", ",".join(fleet.hosts)]
-    inventory = request.config.getoption("ansible_inventory")
-    command += ["-i", str(inventory)] if inventory else []
+    command = [*playbook_command(request), "--limit", ",".join(fleet.hosts)]
     with subprocess.Popen(
         [*command, "-e", extra_vars(slow)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     ) as proc:
@@ -199,8 +223,53 @@ def story(request, tmp_path_factory):
     record["locked_seconds"] = time.monotonic() - started
     fleet.hosts[locked].run_test("rm -f /run/kmodlab.lock")
 
+    # 5. Deploys that die half-way. On a host below 6.12 the release's init waits until a signal comes: the
+    # module process is killed (kill -9) there, and then modprobe, so that the new build ends up loaded, its
+    # check never run. On 6.12 its init panics the machine, which is then powered off and started again.
+    killed, panicked = fleet.old[0], fleet.new[0]
+    say(f"a deploy killed before the check on {killed}; a release that panics {panicked} on load")
+    faults = make_release(
+        root, "1.0.5-faults", c_after_includes="#include <linux/delay.h>\n#include <linux/sched/signal.h>\n",
+        init_first="\tif (LINUX_VERSION_CODE >= KERNEL_VERSION(6, 12, 0))\n"
+        '\t\tpanic("kmodlab test: this release panics on load");\n'
+        f'\tpr_info("{INIT_WAITS}\\n");\n\twhile (!signal_pending(current))\n\t\tmsleep_interruptible(1000);\n',
+    )  # fmt: skip
+    record["before_faults"] = {name: fleet.timer(name) for name in (killed, panicked)}
+    machine = Lab(fleet.lab_name).machine(panicked)
+    command = [*playbook_command(request), "--limit", f"{killed},{panicked}"]
+    # The load's own time limit (which would signal modprobe too) is out of the way: only the test ends the wait.
+    with subprocess.Popen(
+        [*command, "-e", extra_vars(faults, kernel_module_load_timeout=1800)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    ) as proc, ended_on_failure(proc):  # fmt: skip
+        wait_for(lambda: PANIC in machine.console_log.read_text(errors="replace"), 900, f"the panic on {panicked}")
+        # A lab machine boots with panic=-1 under QEMU's -no-reboot: the panic powers it off.
+        wait_for(lambda: not machine.running(), 120, f"{panicked} to power off after the panic")
+        h = fleet.hosts[killed]
+        wait_for(lambda: INIT_WAITS in h.run("dmesg --facility=kern").stdout, 900, f"the load on {killed}")
+        # The module process is modprobe's parent (run_limited starts each command in a session of its own).
+        h.run_test(
+            "modprobe=$(pgrep -x modprobe) && module=$(ps -o ppid= -p $modprobe) && "
+            "grep -q python /proc/$module/cmdline && kill -9 $module && kill -9 $modprobe"
+        )
+        record["faults_output"] = proc.communicate(timeout=900)[0]
+        record["faults_rc"] = proc.returncode
+    wait_for(lambda: h.run("pgrep -x modprobe").rc != 0, 60, f"modprobe to end on {killed}")
+    record["killed"], record["panicked"] = killed, panicked
+    record["after_kill"] = dict(
+        fleet.timer(killed), journal=h.run(f"test -e {JOURNAL}").rc == 0, lock=h.run(f"test -e {LOCK}").rc == 0
+    )
+    fleet.lab("start", panicked)
+    fleet.booted(panicked)
+    record["after_panic"] = dict(
+        fleet.timer(panicked),
+        journal=fleet.hosts[panicked].run(f"test -e {JOURNAL}").rc == 0,
+        boot_log=fleet.hosts[panicked].run("journalctl -b -u kmodlab-modules.service --no-pager").stdout,
+        console=machine.console_log.read_text(errors="replace"),
+    )
+
     say("an install interrupted before depmod; the good release returns")
-    # 5. An install that was interrupted before depmod; the good release comes back.
+    # 6. An install that was interrupted before depmod; the good release comes back.
     broken = fleet.old[-1]
     fleet.hosts[broken].run_test(
         "cd /lib/modules/$(uname -r)/updates && mv my_timer.ko /root/my_timer.ko.held && depmod -a"
@@ -212,7 +281,7 @@ def story(request, tmp_path_factory):
     record["healed"] = fleet.hosts[broken].run("modinfo -n my_timer").stdout.strip()
 
     say(f"{fleet.old[0]} reboots")
-    # 6. A reboot; then a kernel upgrade on a Debian 12 host.
+    # 7. A reboot; then a kernel upgrade on a Debian 12 host.
     rebooted = fleet.old[0]
     fleet.lab("reboot", rebooted)
     fleet.booted(rebooted)
@@ -346,6 +415,35 @@ def test_a_second_operator_waits_then_fails_clearly(story):
     assert story["locked"].returncode != 0
     assert "locked by another deploy (other-operator@elsewhere" in output
     assert story["locked_seconds"] >= 5
+
+
+def test_a_deploy_killed_after_the_load_is_rolled_back_by_the_next_run(story):
+    """kill -9 of the module process, after the load and before the check: the deploy fails, the unchecked build
+    stays loaded with its journal open (and the lock given back); the next deploy first rolls it back, saying
+    that the previous release is loaded and answers, then goes on."""
+    name, after = story["killed"], story["after_kill"]
+    assert story["faults_rc"] != 0, story["faults_output"]
+    assert after["version"] == "1.0.5-faults" and after["journal"], after
+    assert not after["lock"], after
+    previous = story["before_faults"][name]["version"]
+    output = story["restore"].stdout
+    assert re.search(
+        rf"\[WARNING\]: .*my_timer: rolled back the deployment of my_timer \(version 1\.0\.5-faults\) begun "
+        rf"\S+ that did not finish; the previous my_timer \(version {re.escape(previous)}\) is loaded and answers",
+        output.replace("\n", " "),
+    ), output
+
+
+def test_a_release_that_panics_on_load_is_rolled_back_at_boot_with_no_boot_loop(story):
+    """The machine panicked loading the release and was powered off; at the next boot the boot service rolled
+    the unfinished deployment back and loaded the previous release, which answers; it did not panic again."""
+    name, output = story["panicked"], story["faults_output"]
+    after, before = story["after_panic"], story["before_faults"][name]
+    assert re.search(rf"\[{re.escape(name)}\]: UNREACHABLE!", output), output
+    assert after["version"] == before["version"] and after["answers"] and after["hello"], after
+    assert not after["journal"], after["boot_log"]
+    assert "rolled back" in after["boot_log"] and "1.0.5-faults" in after["boot_log"], after["boot_log"]
+    assert "Kernel panic" not in after["console"], after["console"][-3000:]
 
 
 def test_an_install_without_depmod_heals_and_the_good_release_returns(story):
