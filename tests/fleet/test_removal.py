@@ -159,15 +159,19 @@ KMODLAB_PATHS = (
     "/etc/kernel/header_postinst.d/kmodlab",
     "/run/kmodlab.lock",
 )
+# Globs of what kmodlab puts on a host for any module, not only those of kmodlab_modules (the parameters in
+# /etc/modprobe.d, as the modules of the tests' own have them), and the installed modules of every kernel.
+KMODLAB_GLOBS = ("/etc/modprobe.d/kmodlab-*.conf", "/etc/modprobe.d/kmodlab-*.conf.tmp")
 
 
 @pytest.mark.reference  # the grader's removal takes off only the builds (GRADER_REMOVAL)
 def test_nothing_of_kmodlab_is_left(host, removed):
     """remove.yml leaves no path of kmodlab on the host, of any kernel: no state, configuration or build
-    directory, no build logs, no boot script or unit, no kernel hooks, no installed module, no lock (one
-    command)."""
+    directory, no build logs, no boot script or unit, no kernel hooks, no module parameters in /etc/modprobe.d,
+    no installed module, no lock (one command)."""
     installed = [f"/lib/modules/*/updates/{name}.ko" for name in sorted(MODULES)]
-    paths = " ".join(map(shlex.quote, KMODLAB_PATHS)) + " " + " ".join(installed)  # the globs unquoted
+    globs = " ".join([*KMODLAB_GLOBS, *installed])  # unquoted: the shell expands them
+    paths = " ".join(map(shlex.quote, KMODLAB_PATHS)) + " " + globs
     left = host.run(f'for path in {paths}; do if [ -e "$path" ] || [ -L "$path" ]; then echo "$path"; fi; done')
     assert left.rc == 0, left.stderr
     assert left.stdout.split() == [], removed["first"][-2000:]

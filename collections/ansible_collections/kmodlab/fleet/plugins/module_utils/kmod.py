@@ -14,6 +14,8 @@ RECEIVE = "receive the build of another host"
 KEEP = "keep the installed module for rollback"
 INSTALL = "install and run depmod"
 DEPMOD = "run depmod"
+# The module's parameters, /etc/modprobe.d/kmodlab-<name>.conf (written, or removed when it has none).
+OPTIONS = "set its parameters in /etc/modprobe.d"
 UNLOAD = "unload"
 LOAD = "load"
 PERSIST = "load at boot"
@@ -21,6 +23,7 @@ UNPERSIST = "no longer load at boot"
 # Planned alone (every other plan with install ends by keeping them too, once the release passed its check):
 # the release that runs is the one wanted, but the sources the boot service builds from are another's.
 SAVE_SOURCES = "keep the sources of the release that passed its check (the boot service builds them)"
+REMOVE_OPTIONS = "remove its parameters from /etc/modprobe.d"
 REMOVE_INSTALLED = "remove the installed modules of every kernel and run depmod"
 REMOVE_KEPT = "remove the kept modules"
 REMOVE_SOURCES = "remove the sources and build"
@@ -58,6 +61,7 @@ class Observed(object):
         leftovers=(),
         journal=None,
         good_sources_current=True,
+        options=None,
     ):
         self.kernel = kernel
         self.sources_current = sources_current
@@ -88,6 +92,8 @@ class Observed(object):
         self.journal = journal
         # The sources the boot service builds from (those of the release that last passed) are the wanted ones.
         self.good_sources_current = good_sources_current
+        # The text of /etc/modprobe.d/kmodlab-<name>.conf (the parameters modprobe applies), None when there is none.
+        self.options = options
 
     def recovered(self):
         """The host as the rollback of the unfinished deployment leaves it (as it was before that deployment)."""
@@ -108,8 +114,13 @@ def refuse_if_busy(name, observed):
         )
 
 
-def plan_present(name, observed, persist=True, prebuilt=None, install=True):
+def plan_present(name, observed, persist=True, prebuilt=None, install=True, options=None):
     """The steps that bring NAME to built, installed, indexed and loaded from the current sources.
+
+    OPTIONS is the wanted text of /etc/modprobe.d/kmodlab-<name>.conf, the parameters modprobe applies at
+    each load (None: no parameters, no file). Where the host's file differs it is written (or removed) and
+    a loaded module is loaded again, so that it runs with them; the module loaded is taken to run with the
+    file's parameters (one loaded by hand with others is not told apart).
 
     PREBUILT is the sha256 of a build of these sources made by another host of the same kernel
     release: it is received instead of built here (None: build here). The installed module is kept
@@ -119,9 +130,11 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
 
     A deployment that did not finish (its journal is open) is rolled back first (RECOVER); the steps
     after it are those of the host as that rollback leaves it.
+
+    Without INSTALL the build is loaded by insmod, which reads no modprobe.d: the file is left as it is.
     """
     if observed.journal is not None:
-        return [RECOVER] + plan_present(name, observed.recovered(), persist, prebuilt, install)
+        return [RECOVER] + plan_present(name, observed.recovered(), persist, prebuilt, install, options)
     steps = []
     if not observed.sources_current:
         steps.append(WRITE)
@@ -139,9 +152,11 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
             steps.append(INSTALL)
         elif not observed.in_depmod:
             steps.append(DEPMOD)
+        if observed.options != options:
+            steps.append(OPTIONS)
     if observed.loaded:
         if install:
-            stale = INSTALL in steps or observed.loaded_srcversion != observed.installed_srcversion
+            stale = INSTALL in steps or OPTIONS in steps or observed.loaded_srcversion != observed.installed_srcversion
         else:
             stale = new_build or observed.loaded_srcversion != observed.built_srcversion
         if stale:
@@ -160,7 +175,8 @@ def plan_present(name, observed, persist=True, prebuilt=None, install=True):
 
 def plan_absent(name, observed):
     """The steps that take NAME off the host: unloaded, no installed or kept copy of any kernel, no boot entry,
-    no sources, no leftovers; a build directory kmodlab did not write is refused before anything changes."""
+    no parameters in /etc/modprobe.d, no sources, no leftovers; a build directory kmodlab did not write is refused
+    before anything changes."""
     if observed.foreign_build_dir:
         raise Refusal(
             "%s holds no sources manifest (.kmodlab-sources.json), so kmodlab did not write it; refusing to "
@@ -173,6 +189,8 @@ def plan_absent(name, observed):
         steps.append(UNLOAD)
     if observed.autoload_exists:
         steps.append(UNPERSIST)
+    if observed.options is not None:
+        steps.append(REMOVE_OPTIONS)
     if observed.installed is not None or observed.installed_elsewhere:
         steps.append(REMOVE_INSTALLED)
     if observed.kept_any:

@@ -5,7 +5,8 @@ Shared by kmodlab.fleet.kernel_module (observe, plan, apply, roll back) and kmod
 systemctl) run through deadline.run_limited: one that takes longer is stopped and fails its step with the
 limit it hit, and one that cannot be stopped (a process in state D) is left behind and raises Stuck,
 after which nothing more is done to the kernel; the run never hangs on it. Module names are checked
-against MODULE_NAME before any path is made of them.
+against MODULE_NAME before any path is made of them, and module parameters (params_error) before any
+is written to /etc/modprobe.d.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ BOOT_UNIT = "/etc/systemd/system/kmodlab-modules.service"
 BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.service"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"  # changes at each boot
 MODULES_ROOT = "/lib/modules"  # <release>/updates/<name>.ko: the installed modules
+MODPROBE_DIR = "/etc/modprobe.d"  # kmodlab-<name>.conf: the module's parameters, which modprobe applies at each load
 SYSTEMD_RUNNING = "/run/systemd/system"  # exists when systemd runs the host (then it is told the unit went)
 TMP_DIR = "/tmp"  # where the boot service builds (kmodlab-<name>.XXXXXXXX, left by a build that was killed)
 TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sources: .<name>.XXXXXXXX)
@@ -55,6 +57,12 @@ TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sourc
 # kernel, MODULE_NAME_LEN), less '-', which kbuild and modprobe turn into '_' (so the loaded module
 # would not be named as its file), and nothing a path or a glob pattern could use.
 MODULE_NAME = re.compile(r"[A-Za-z0-9_]{1,55}\Z")
+# A module parameter (params): its name as module_param() declares one (a C identifier), and its value in
+# characters that neither modprobe's configuration (whitespace, '#', quotes, '\') nor the kernel's
+# parse_args ('=', quotes) reads as anything but the value, nor a shell or a template would: letters,
+# digits and _ . , : + - / (a list parameter's values are separated by ',').
+PARAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+PARAM_VALUE = re.compile(r"[A-Za-z0-9_.,:+/-]{1,255}\Z")
 # Debian's kernel packages run these when a kernel (postinst.d) or its headers (header_postinst.d) are
 # installed: they build the modules for it (KERNEL_HOOK_TEXT). header_postinst.d is removed with our hook
 # when it is empty then (no Debian package but dkms, which puts its own hook there, ships it); postinst.d
@@ -71,7 +79,8 @@ BOOT_SCRIPT_TEXT = r'''#!/usr/bin/python3
 """Load the modules kmodlab deployed; build them first for a kernel that has none (written by kmodlab).
 
 First it rolls back the files of each deployment that did not finish (its journal is open). Then it
-loads only a build that passed its check on this kernel; a build that has not (a new kernel's) gets
+loads (modprobe, which applies the parameters in /etc/modprobe.d/kmodlab-<name>.conf) only a build that
+passed its check on this kernel; a build that has not (a new kernel's) gets
 one first try, recorded before modprobe, so a try that stops the machine is not repeated.
 
 With --kernel-installed RELEASE (the kernel hooks in /etc/kernel/postinst.d and header_postinst.d run
@@ -115,6 +124,15 @@ def read(path):
         return None
 
 
+def read_text(path):
+    """The text of PATH as it is (not stripped), or None when there is none."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
 def record_of(name):
     """NAME's state record (kernel_module writes it too): passed and failed (kernel -> sha256 of the build
     that passed its check there, or failed its first try at boot), trial, proc_entry, rolled_back."""
@@ -132,7 +150,8 @@ def save_record(name, record):
 
 def roll_back(path):
     """Put back the files the deployment of journal PATH replaced (it did not finish: its run died, or the
-    machine stopped); nothing of it is loaded at boot. As kmod_host's restore_files does (with the rollbacks
+    machine stopped) - the installed and kept module, the boot entry, the parameters in /etc/modprobe.d;
+    nothing of it is loaded at boot. As kmod_host's restore_files does (with the rollbacks
     done, the service goes if no module is left for it to load)."""
     with open(path) as handle:
         journal = json.load(handle)
@@ -162,6 +181,12 @@ def roll_back(path):
             os.unlink(entry)
         else:
             write_durably(entry, (before["autoload"] + "\n").encode())
+    options = "/etc/modprobe.d/kmodlab-%s.conf" % name  # its parameters, which modprobe applies at the load
+    if "options" in before and read_text(options) != before["options"]:  # (a journal of an older kmodlab has none)
+        if before["options"] is None:
+            os.unlink(options)
+        else:
+            write_durably(options, before["options"].encode())
     if os.path.isdir("/lib/modules/%s" % kernel) and run_limited(["depmod", "-a", kernel], 300, "depmod")[0] != 0:
         raise RuntimeError("depmod -a %s failed" % kernel)
     message = "rolled back at boot: the deployment of %s (version %s) begun %s did not finish; %s" % (
@@ -524,6 +549,62 @@ def name_error(name):
     )
 
 
+def param_value(value):
+    """VALUE of a module parameter as modprobe.d holds it: a boolean as the kernel shows one (Y, N), a number
+    in decimal, a string as it is."""
+    if isinstance(value, bool):
+        return "Y" if value else "N"
+    return str(value) if isinstance(value, int) else value
+
+
+def params_error(params):
+    """Why PARAMS (parameter name -> value) cannot be a module's parameters (a message), or None when they can."""
+    if params is None:
+        return None
+    if not isinstance(params, dict):
+        return "bad params %r: give a mapping of parameter names to values; nothing was changed" % (params,)
+    bad = []
+    for key in sorted(params, key=str):
+        value = params[key]
+        if not (isinstance(key, str) and PARAM_NAME.match(key)):
+            bad.append("bad parameter name %r: a parameter name is a letter or '_', then up to 63 letters, digits "
+                       "and '_'" % (key,))  # fmt: skip
+        elif not (isinstance(value, (str, int)) and PARAM_VALUE.match(param_value(value))):
+            bad.append("bad value %r of parameter %s: a value is a string, number or boolean of 1 to 255 letters, "
+                       "digits and _ . , : + - /" % (value, key))  # fmt: skip
+    return "; ".join(bad) + "; nothing was changed" if bad else None
+
+
+def options_text(name, params):
+    """The text of /etc/modprobe.d/kmodlab-NAME.conf that gives module NAME the parameters PARAMS (checked with
+    params_error first), in name order; None when there are none (then there is no file)."""
+    if not params:
+        return None
+    settings = " ".join("%s=%s" % (key, param_value(params[key])) for key in sorted(params))
+    return "# Written by kmodlab: the parameters of %s; modprobe applies them at each load.\noptions %s %s\n" % (
+        name,
+        name,
+        settings,
+    )
+
+
+def options_of(name, text):
+    """The parameters (name -> value, as strings) the modprobe.d text TEXT gives module NAME."""
+    params = {}
+    for line in (text or "").splitlines():
+        words = line.split()
+        if words[:2] == ["options", name]:
+            params.update(word.partition("=")[::2] for word in words[2:])
+    return params
+
+
+def options_changed(journal):
+    """Whether the deployment JOURNAL records changes the module's parameters (a journal of an older kmodlab
+    does not record them: no)."""
+    before = journal["before"]
+    return "options" in before and journal["new"].get("options") != before["options"]
+
+
 def rmdir_if_empty(path):
     """Remove the directory PATH if it is empty; return whether it did."""
     try:
@@ -552,6 +633,15 @@ def read(path, default=""):
             return handle.read().strip()
     except OSError:
         return default
+
+
+def read_text(path):
+    """The text of PATH as it is (not stripped), or None when there is none."""
+    try:
+        with open(path) as handle:
+            return handle.read()
+    except OSError:
+        return None
 
 
 def elf_section(path, wanted):
@@ -594,11 +684,13 @@ def modinfo_field(path, field):
 
 
 class ModuleOnHost(object):
-    """Module NAME built in BUILD_DIR on this host, for the running kernel."""
+    """Module NAME built in BUILD_DIR on this host, for the running kernel, with the parameters PARAMS."""
 
-    def __init__(self, module, name, build_dir, limits=None, install=True):
+    def __init__(self, module, name, build_dir, limits=None, install=True, params=None):
         if name_error(name):  # every caller checks first; no path is ever made of a bad name
             raise ValueError(name_error(name))
+        if params_error(params):  # nor is a bad parameter ever written
+            raise ValueError(params_error(params))
         self.module = module
         self.install_build = install  # False: the build is loaded from build_dir (insmod), never installed
         self.name = name
@@ -611,6 +703,9 @@ class ModuleOnHost(object):
         self.built = os.path.join(build_dir, name + ".ko")
         self.sysfs = "/sys/module/%s" % name
         self.autoload = os.path.join(AUTOLOAD_DIR, name + ".json")
+        # Its parameters, which modprobe applies at each load (at boot too), and that file's wanted text.
+        self.options_file = os.path.join(MODPROBE_DIR, "kmodlab-%s.conf" % name)
+        self.wanted_options = options_text(name, params)
         self.record = os.path.join(STATE_DIR, "state", name + ".json")
         # The sources of the release that last passed its check: what the boot service builds from.
         self.good_sources = os.path.join(STATE_DIR, "good", name)
@@ -717,6 +812,7 @@ class ModuleOnHost(object):
             or os.path.lexists(self.logs),
             autoload_exists=os.path.lexists(self.autoload),
             journal=self.journal_before(),
+            options=self.read_options(),
         )
         if files is not None:
             observed.sources_current = sources_current(self.build_dir, files)
@@ -733,6 +829,25 @@ class ModuleOnHost(object):
                 observed.foreign_build_dir = self.build_dir
             observed.leftovers = self.leftovers()
         return observed
+
+    def read_options(self):
+        """The text of the module's modprobe.d file as it is, or None when there is none."""
+        return read_text(self.options_file)
+
+    def params(self):
+        """The parameters the module's modprobe.d file gives it (name -> value)."""
+        return options_of(self.name, self.read_options())
+
+    def live_params(self, names):
+        """The values the loaded module shows for the parameters NAMES, of those it shows and that can be read
+        (/sys/module/<name>/parameters/<parameter>, as the module's mode for each allows)."""
+        live = {}
+        for name in sorted(names):
+            if PARAM_NAME.match(name):
+                value = read_text(os.path.join(self.sysfs, "parameters", name))
+                if value is not None:
+                    live[name] = value.rstrip("\n")
+        return live
 
     def last_rollback(self):
         """The reason of the last rollback of this module, or None when its last deployment succeeded."""
@@ -771,16 +886,18 @@ class ModuleOnHost(object):
         journal = self.read_journal()
         if journal is None:
             return None
-        if journal["kernel"] != self.kernel:
-            return {}  # it brings back another kernel's files
         before = journal["before"]
+        options = {"options": before["options"]} if "options" in before else {}  # of every kernel
+        if journal["kernel"] != self.kernel:
+            return options  # else it brings back another kernel's files
         fields = ["installed", "installed_srcversion", "kept", "persisted"]
         fields += ["loaded", "loaded_srcversion"] if self.same_boot(journal) else []
         predicted = {key: before[key] for key in fields}
-        return dict(predicted, in_depmod=True, autoload_exists=before["autoload"] is not None)
+        return dict(predicted, in_depmod=True, autoload_exists=before["autoload"] is not None, **options)
 
-    def journal_differs(self, journal):
-        """What of the host is not as it was before the deployment JOURNAL records (empty: all is)."""
+    def journal_differs(self, journal, previous_params=False):
+        """What of the host is not as it was before the deployment JOURNAL records (empty: all is);
+        PREVIOUS_PARAMS: the module loaded is known to run with the parameters from before it (new_release_loaded)."""
         kernel, before = journal["kernel"], journal["before"]
         differs = []
         if sha256(self.installed_for(kernel)) != before["installed"]:
@@ -791,11 +908,23 @@ class ModuleOnHost(object):
             differs.append("boot entry")
         if before["autoload"] is not None and not boot_service_current():
             differs.append("boot service")
+        if "options" in before and self.read_options() != before["options"]:
+            differs.append("module parameters")
         if self.same_boot(journal):
-            loaded = self.loaded()
-            if loaded != before["loaded"] or (loaded and self.loaded_identity() in journal["new"]["identities"]):
+            if self.loaded() != before["loaded"] or self.new_release_loaded(journal, previous_params):
                 differs.append("loaded module")
         return differs
+
+    def new_release_loaded(self, journal, previous_params=False):
+        """Whether the module loaded is the release the deployment JOURNAL records: its new build, or, where the
+        deployment changed the parameters only, the same build unless it is known to run with the parameters
+        from before (PREVIOUS_PARAMS: it was loaded again after they were put back, or never unloaded; the
+        build does not tell)."""
+        if not self.loaded() or self.loaded_identity() not in journal["new"]["identities"]:
+            return False
+        if journal["new"]["sha"] != journal["before"]["installed"]:
+            return True
+        return options_changed(journal) and not previous_params
 
     def identities(self, path):
         """The identities the build at PATH shows when it is loaded (loaded_identity() gives one of them)."""
@@ -897,6 +1026,22 @@ class ModuleOnHost(object):
 
     def depmod(self, kernel=None):
         self.run(["depmod", "-a", kernel or self.kernel], "depmod", self.limits["depmod"])
+
+    def set_options(self):
+        """The module's parameters (wanted_options) to /etc/modprobe.d/kmodlab-<name>.conf, or no file when it
+        has none: what modprobe applies when it loads the module next (the load that follows, and at boot)."""
+        self.write_options(self.wanted_options)
+
+    def remove_options(self):
+        self.write_options(None)
+
+    def write_options(self, text):
+        """The module's modprobe.d file holds TEXT (durably), or is gone (None)."""
+        if text is not None:
+            write_durably(self.options_file, text)
+        elif os.path.lexists(self.options_file):
+            os.unlink(self.options_file)
+            fsync_directory(os.path.dirname(self.options_file))
 
     def unload(self):
         self.run(["rmmod", self.name], "rmmod", self.limits["load"])
@@ -1001,6 +1146,7 @@ class ModuleOnHost(object):
         name = self.name
         found = glob.glob(os.path.join(MODULES_ROOT, "*", "updates", name + ".ko.tmp"))
         found += glob.glob(os.path.join(AUTOLOAD_DIR, name + ".*.tmp"))
+        found += glob.glob(self.options_file + ".tmp")
         found += glob.glob(os.path.join(os.path.dirname(self.build_dir), ".%s.%s" % (name, TEMP_SUFFIX)))
         found += glob.glob(os.path.join(TMP_DIR, "kmodlab-%s.%s" % (name, TEMP_SUFFIX)))
         for directory, subdirectories, files in os.walk(STATE_DIR):
@@ -1071,7 +1217,8 @@ class ModuleOnHost(object):
 
     def open_journal(self):
         """Write down what the host holds before a deployment replaces any of it - the installed, loaded and
-        kept module, the boot entry, and beside it the kept copy itself - and the new build (build_dir's).
+        kept module, the boot entry, the parameters (the modprobe.d file's text), and beside it the kept copy
+        itself - and the new build (build_dir's) and parameters.
 
         First a boot service of an older kmodlab is brought up to date: it ignores journals and loads whatever
         is installed, so a crash after the install would boot into the build that has not passed its check.
@@ -1086,9 +1233,11 @@ class ModuleOnHost(object):
             "kept": sha256(self.kept),
             "persisted": self.persisted(),
             "autoload": read(self.autoload, None),
+            "options": self.read_options(),
         }
         version = self.run(["modinfo", "-F", "version", self.built], "modinfo").strip()
         new = {"sha": sha256(self.built), "version": version, "identities": self.identities(self.built)}
+        new["options"] = self.wanted_options
         if before["kept"] is not None:
             copy_durably(self.kept, self.journal_kept)
         journal = {
@@ -1104,7 +1253,8 @@ class ModuleOnHost(object):
     def restore_files(self, journal):
         """Put back the files the deployment JOURNAL records replaced: the installed module of its kernel (the
         kept copy, or none), the kept copy (the one beside the journal, or none), the boot entry, and with an entry
-        the boot service (script, unit, link and kernel hooks); depmod."""
+        the boot service (script, unit, link and kernel hooks), the parameters (the modprobe.d file as it was, or
+        none); depmod."""
         kernel, before = journal["kernel"], journal["before"]
         installed, kept = self.installed_for(kernel), self.kept_for(kernel)
         if sha256(installed) != before["installed"]:
@@ -1128,6 +1278,8 @@ class ModuleOnHost(object):
                 write_durably(self.autoload, before["autoload"] + "\n")
         if before["autoload"] is not None:  # UNPERSIST (persist: false) took the service if the entry was the last
             self.install_boot_service()
+        if "options" in before and self.read_options() != before["options"]:  # an older kmodlab's journal: none
+            self.write_options(before["options"])
         if os.path.isdir(os.path.join(MODULES_ROOT, kernel)):
             self.depmod(kernel)
 

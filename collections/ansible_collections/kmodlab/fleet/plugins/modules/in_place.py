@@ -21,7 +21,8 @@ description:
     C(reasons) says what differs.
   - In check mode no lock is taken.
   - A module C(name) that is no module name (1 to 55 letters, digits and C(_), as
-    M(kmodlab.fleet.kernel_module) takes it) fails the task before the lock is taken.
+    M(kmodlab.fleet.kernel_module) takes it), or C(params) it refuses, fail the task before the lock is
+    taken.
   - The read of a /proc entry runs under O(check_timeout) as M(kmodlab.fleet.kernel_module)'s check does;
     a read that cannot be stopped (a process in state D) is left behind and fails the task (the lock is
     given back; nothing more is done to the kernel).
@@ -38,8 +39,9 @@ options:
   modules:
     description:
       - The modules, each with C(name), C(files) (as the P(kmodlab.fleet.source_files#lookup) lookup reads
-        them), C(build_dir), C(proc_entry) (may be empty), C(persist) and optionally C(prebuilt), as
-        M(kmodlab.fleet.kernel_module) takes them.
+        them), C(build_dir), C(proc_entry) (may be empty), C(persist) and optionally C(prebuilt) and C(params),
+        as M(kmodlab.fleet.kernel_module) takes them; a module whose parameters in
+        C(/etc/modprobe.d/kmodlab-<name>.conf) are not C(params) is not in place.
     type: list
     elements: dict
     default: []
@@ -115,6 +117,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
     StepFailed,
     Stuck,
     name_error,
+    params_error,
     sha256_of,
 )
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
@@ -161,11 +164,11 @@ def package_reasons(wanted, kernel, headers, status_path=DPKG_STATUS):
 def module_reasons(module, spec, limit):
     """Why SPEC's module is not in place (an empty list when it is), and its facts."""
     name = spec["name"]
-    host = ModuleOnHost(module, name, spec["build_dir"], {"check": limit})
+    host = ModuleOnHost(module, name, spec["build_dir"], {"check": limit}, params=spec.get("params"))
     files = decode_files(spec["files"])
     prebuilt = sha256_of(decode_build(name, spec["prebuilt"])) if spec.get("prebuilt") else None
     try:
-        steps = plan_present(name, host.observe(files), spec.get("persist", True), prebuilt)
+        steps = plan_present(name, host.observe(files), spec.get("persist", True), prebuilt, True, host.wanted_options)
     except Refusal as err:
         return ["%s: %s" % (name, err)], {}
     if steps:
@@ -211,9 +214,12 @@ def main():
     path, owner = params["lock_path"], params["owner"]
     kernel = os.uname().release
     result = {"changed": False, "ansible_facts": {"kernel": kernel}, "waited": 0.0, "modules": [], "part1": {}}
-    for spec in params["modules"]:  # before the lock and before any path is made of a name
-        if name_error(spec.get("name")):
-            module.fail_json(msg=name_error(spec.get("name")), in_place=False, reasons=[], **result)
+    for spec in params["modules"]:  # before the lock and before any path is made of a name (or a parameter written)
+        error = name_error(spec.get("name"))
+        if not error and params_error(spec.get("params")):
+            error = "%s: %s" % (spec["name"], params_error(spec.get("params")))
+        if error:
+            module.fail_json(msg=error, in_place=False, reasons=[], **result)
     before = read_lock(path)
     result["holder"] = before.get("owner", "") if before else ""
     if not module.check_mode:  # check mode takes no lock: it changes nothing a second run could trip on

@@ -14,6 +14,15 @@ description:
     the sources or the kernel changed, installs the C(.ko) under C(/lib/modules/<release>/updates/), runs
     depmod, loads the module (reloading it when the installed file changed, or when another build of it
     is loaded) and checks that it is in C(/proc/modules) and that its /proc entry answers.
+  - With O(params), the module's parameters are kept in C(/etc/modprobe.d/kmodlab-<name>.conf) (C(options
+    <name> k=v ...), written durably), which modprobe applies at each load - this one's, and the boot
+    service's at boot. When the file differs from O(params) (a parameter added, changed or dropped; no
+    parameters, no file) it is written or removed (step C(set its parameters in /etc/modprobe.d)) and a
+    loaded module is loaded again and checked; the journal records the file as it was, so a release whose
+    check fails gets back the file exactly as it was (or none) and the module loaded with the previous
+    parameters. The same parameters again change nothing. The loaded module is taken to run with the
+    file's parameters (one loaded by hand with others is not told apart); M(kmodlab.fleet.module_status)
+    shows both. C(--diff) shows the file's change.
   - With O(prebuilt), the build of another host of the same kernel release is received instead; it is
     written to O(build_dir) only when its vermagic equals the running kernel's (read from one of the
     kernel's own modules); otherwise the step fails before anything is installed, as a failed build does.
@@ -68,7 +77,8 @@ description:
     reboot the host; nothing more was done to the kernel) - no rollback, no unload.
   - With O(state=absent), unloads the module and removes the installed modules of every kernel (running
     depmod for each kernel that is installed), the kept modules, the state records, the build logs, the
-    boot entry (with the unit and the kernel hooks when it is the last) and the sources, then the
+    boot entry (with the unit and the kernel hooks when it is the last), the parameters in
+    C(/etc/modprobe.d/kmodlab-<name>.conf) and the sources, then the
     temporary files and directories interrupted writes of this module left; then each directory of
     kmodlab that is empty - C(updates/) of each kernel (and the kernel's directory when that is empty
     too), C(/var/lib/kmodlab) and the directories in it, C(/etc/kmodlab), C(/etc/kernel/header_postinst.d)
@@ -137,6 +147,18 @@ options:
     description: Seconds the read of O(proc_entry) may take.
     type: int
     default: 10
+  params:
+    description:
+      - The module's parameters, parameter name to value (for example C(greeting) to C(hello)), kept in
+        C(/etc/modprobe.d/kmodlab-<name>.conf) and applied by modprobe at each load; empty for none.
+      - A name is a C identifier of up to 64 characters (as module_param() declares one). A value is a string
+        or a number of 1 to 255 letters, digits and the characters C(_.,:+/-) (no space, quote, C(=), C(#) or
+        backslash), or a boolean (written C(Y) or C(N), as the kernel shows one). Anything else is refused
+        before the host is looked at, in check mode too. Values are data, written to the file as they are and
+        never given to a shell.
+      - Needs O(install=true) (insmod of the build as it is reads no modprobe.d).
+    type: dict
+    default: {}
 author:
   - kmodlab
 """
@@ -148,6 +170,16 @@ EXAMPLES = r"""
     files: "{{ lookup('kmodlab.fleet.source_files', 'module_src/my_timer', patterns=['*.c', 'Makefile']) }}"
     build_dir: /usr/local/src/kmodlab/my_timer
     proc_entry: /proc/timer
+
+- name: Ensure kmodlab_param runs with greeting=hello (kept in /etc/modprobe.d/kmodlab-kmodlab_param.conf)
+  kmodlab.fleet.kernel_module:
+    name: kmodlab_param
+    files: >-
+      {{ lookup('kmodlab.fleet.source_files', 'tests/fleet/modules/kmodlab_param', patterns=['*.c', 'Makefile']) }}
+    build_dir: /usr/local/src/kmodlab/kmodlab_param
+    proc_entry: /proc/kmodlab_param
+    params:
+      greeting: hello
 """
 
 RETURN = r"""
@@ -201,11 +233,13 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     INSTALL,
     KEEP,
     LOAD,
+    OPTIONS,
     PERSIST,
     RECEIVE,
     RECOVER,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
+    REMOVE_OPTIONS,
     REMOVE_SOURCES,
     SAVE_SOURCES,
     UNLOAD,
@@ -220,6 +254,9 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
     StepFailed,
     Stuck,
     name_error,
+    options_changed,
+    options_of,
+    params_error,
     read,
     sha256_of,
 )
@@ -237,10 +274,12 @@ STEP_METHODS = {
     KEEP: "keep",
     INSTALL: "install",
     DEPMOD: "depmod",
+    OPTIONS: "set_options",
     UNLOAD: "unload",
     LOAD: "load",
     PERSIST: "persist",
     UNPERSIST: "unpersist",
+    REMOVE_OPTIONS: "remove_options",
     REMOVE_INSTALLED: "remove_installed",
     REMOVE_KEPT: "remove_kept",
     REMOVE_SOURCES: "remove_sources",
@@ -249,7 +288,7 @@ STEP_METHODS = {
 
 # The steps that replace what the host holds: the journal is written before the first of them, and
 # from then on a failure (or a run that dies) is rolled back to what the journal says.
-REPLACING = (KEEP, INSTALL)
+REPLACING = (KEEP, INSTALL, OPTIONS)
 
 
 class KernelModule(object):
@@ -258,10 +297,11 @@ class KernelModule(object):
         params = module.params
         self.name = params["name"]
         limits = {"build": params["build_timeout"], "load": params["load_timeout"], "check": params["check_timeout"]}
-        self.host = ModuleOnHost(module, self.name, params["build_dir"], limits, params["install"])
+        self.host = ModuleOnHost(module, self.name, params["build_dir"], limits, params["install"], params["params"])
         self.result = {"changed": False, "kernel": self.host.kernel, "installed": self.host.installed, "actions": []}
         self.files = None
         self.prebuilt = None  # the received build's bytes
+        self.loading = False  # this run's LOAD began (from then the module may run with the new parameters)
 
     def fail(self, msg):
         self.module.fail_json(msg="%s: %s" % (self.name, msg), **self.result)
@@ -278,16 +318,31 @@ class KernelModule(object):
         except OSError as err:  # disk full, read-only file system: a failed step like any other
             raise StepFailed("%s failed: %s" % (action, err)) from None
 
-    def what_runs(self, new=None, errors=(), files_back=False):
-        """What the host runs now, as it shows it; NEW is the deployment's new build (journal), ERRORS
-        what went wrong bringing back the previous module, FILES_BACK whether its files are back."""
+    def what_runs(self, journal=None, errors=(), files_back=False, previous_params=False):
+        """What the host runs now, as it shows it; JOURNAL is the deployment's (its new build and parameters),
+        ERRORS what went wrong bringing back the previous module, FILES_BACK whether its files are back,
+        PREVIOUS_PARAMS whether the module loaded is known to run with the parameters from before it."""
         host = self.host
-        if host.loaded() and new is not None and host.loaded_identity() in new["identities"]:
-            now = "the new build (version %s) is still loaded" % (new["version"] or "-")
+        new = journal["new"] if journal else None
+        previous = ""  # the parameters the previous module runs with, where the deployment changed them
+        if journal and options_changed(journal):
+            params = options_of(self.name, journal["before"]["options"])
+            previous = " with its previous parameters (%s)" % (
+                " ".join("%s=%s" % item for item in sorted(params.items())) or "none"
+            )
+        if journal and host.new_release_loaded(journal, previous_params):
+            if new["sha"] == journal["before"]["installed"]:
+                now = "%s is still loaded with the new parameters" % self.name
+            else:
+                now = "the new build (version %s) is still loaded" % (new["version"] or "-")
         elif host.loaded():
             try:
                 facts = host.check(self.module.params["proc_entry"])
-                now = "the previous %s (version %s) is loaded and answers" % (self.name, facts["version"] or "-")
+                now = "the previous %s (version %s) is loaded and answers%s" % (
+                    self.name,
+                    facts["version"] or "-",
+                    previous,
+                )
             except Stuck:
                 raise  # the read is left in the kernel: nothing more is done to it
             except StepFailed as err:
@@ -303,14 +358,18 @@ class KernelModule(object):
                 now += "; the files are the previous release's"
         return now
 
-    def restore(self, journal):
+    def restore(self, journal, previous_params=False):
         """Bring back what the host held before the deployment JOURNAL records: the installed module, the
-        kept copy and the boot entry; the new build unloaded, and the previous module loaded again (the
-        installed one, by modprobe, whatever this run's install) only where it was loaded. Returns what
+        kept copy, the boot entry and the parameters; the new build (or the module loaded with the new
+        parameters) unloaded, and the previous module loaded again (the installed one, by modprobe, whatever
+        this run's install, with the parameters put back) only where it was loaded. PREVIOUS_PARAMS: the module
+        loaded, if any, is known to run with the parameters from before the deployment (this run did not load
+        it); else a deployment that changed only the parameters has it loaded again. Returns what
         the host runs now, and whether it holds all it held before (then the journal is closed; else it
         stays open for the next run or boot)."""
-        host, before, new = self.host, journal["before"], journal["new"]
+        host, before = self.host, journal["before"]
         errors = []
+        previous = previous_params
         try:
             host.restore_files(journal)
         except Stuck:
@@ -319,17 +378,20 @@ class KernelModule(object):
             errors.append("restoring its files failed: %s" % err)
         if host.same_boot(journal):  # else the reboot since took the new build off
             try:
-                if host.loaded() and (not before["loaded"] or host.loaded_identity() in new["identities"]):
+                # The new build, or the same build with the new parameters, is taken off; the previous module is
+                # loaded again (modprobe applies the parameters put back) where it was loaded.
+                if host.loaded() and (not before["loaded"] or host.new_release_loaded(journal, previous)):
                     host.unload()
                 if before["loaded"] and not host.loaded() and not errors:
                     host.modprobe()
+                    previous = True  # loaded after the files, the parameters with them, were put back
             except Stuck:
                 raise
             except StepFailed as err:
                 errors.append(str(err))
-        differs = host.journal_differs(journal)
-        files = {"installed module", "kept module", "boot entry", "boot service"}
-        now = self.what_runs(new, errors, not set(differs) & files)
+        differs = host.journal_differs(journal, previous)
+        files = {"installed module", "kept module", "boot entry", "boot service", "module parameters"}
+        now = self.what_runs(journal, errors, not set(differs) & files, previous)
         if differs:
             return "%s (%s not as before; the journal stays open)" % (now, ", ".join(differs)), False
         host.close_journal()
@@ -341,7 +403,8 @@ class KernelModule(object):
         host = self.host
         try:
             journal = host.read_journal()
-            now = self.what_runs() if journal is None else self.restore(journal)[0]
+            # Until this run's load, the module loaded (if any) is the one from before, with its parameters.
+            now = self.what_runs() if journal is None else self.restore(journal, not self.loading)[0]
         except (StepFailed, OSError) as err:
             now = "and the rollback failed too: %s" % err
         message = "rolled back: %s; %s" % (reason, now)
@@ -395,6 +458,7 @@ class KernelModule(object):
                     except OSError as err:
                         raise StepFailed("writing the journal failed: %s" % err) from None
                     journaled = True
+                self.loading = self.loading or action == LOAD
                 self.step(action)
             self.result.update(self.host.check(self.module.params["proc_entry"]))
         except StepFailed as err:
@@ -421,7 +485,25 @@ class KernelModule(object):
         observed = self.host.observe(self.files)
         if params["state"] == "absent":
             return plan_absent(self.name, observed)
-        return plan_present(self.name, observed, params["persist"], sha256_of(self.prebuilt), params["install"])
+        return plan_present(
+            self.name,
+            observed,
+            params["persist"],
+            sha256_of(self.prebuilt),
+            params["install"],
+            self.host.wanted_options,
+        )
+
+    def diffs(self, plan):
+        """The diff entries (Ansible's before/after form) of the files PLAN changes that are shown: the sources,
+        the module's parameters (its modprobe.d file)."""
+        diffs = source_diffs(self.module.params["build_dir"], self.files) if WRITE in plan else []
+        if OPTIONS in plan or REMOVE_OPTIONS in plan:
+            path = self.host.options_file
+            after = self.host.wanted_options if OPTIONS in plan else None
+            diffs.append({"before_header": path, "after_header": path, "before": self.host.read_options() or "",
+                          "after": after or ""})  # fmt: skip
+        return diffs
 
     def main(self):
         params = self.module.params
@@ -440,8 +522,10 @@ class KernelModule(object):
             self.fail(str(err))
         self.result["actions"] = plan
         self.result["changed"] = bool(plan)
-        if WRITE in plan and self.module._diff:
-            self.result["diff"] = source_diffs(params["build_dir"], self.files)
+        if self.module._diff:
+            self.result["diff"] = self.diffs(plan)
+            if not self.result["diff"]:
+                del self.result["diff"]
         if self.module.check_mode:
             self.module.exit_json(**self.result)
         if present:
@@ -471,12 +555,21 @@ def main():
             "build_timeout": {"type": "int", "default": 600},
             "load_timeout": {"type": "int", "default": 60},
             "check_timeout": {"type": "int", "default": 10},
+            "params": {"type": "dict", "default": {}},
         },
         required_if=[("state", "present", ["files"])],
         supports_check_mode=True,
     )
     if name_error(module.params["name"]):  # before any path is made of it, in check mode too
         module.fail_json(msg=name_error(module.params["name"]), changed=False, actions=[])
+    error = params_error(module.params["params"])  # before any is written, in check mode too
+    if not error and module.params["params"] and not module.params["install"]:
+        error = (
+            "params need install: true: they are kept in /etc/modprobe.d, which modprobe reads and insmod of the "
+            "build as it is does not; nothing was changed"
+        )
+    if error:
+        module.fail_json(msg="%s: %s" % (module.params["name"], error), changed=False, actions=[])
     KernelModule(module).main()
 
 

@@ -12,6 +12,9 @@ description:
     version, srcversion, whether it drifted from the given sources, whether it is loaded at boot, and
     why its last release was rolled back, if it was (by a run, or by the boot service), or that a
     deployment did not finish (its journal is open). Changes nothing and reads no /proc entry.
+  - Reports each module's parameters as its C(/etc/modprobe.d/kmodlab-<name>.conf) gives them, and the
+    values the loaded module shows for them (C(/sys/module/<name>/parameters/<parameter>), where its mode lets
+    them be read); parameters that are not the given C(params) are drift.
   - Reports the last build of each module for each installed kernel release (by a deployment, by the
     boot service, or by the kernel hooks when a kernel or its headers were installed), with its result
     and the path of its log on the host (C(/var/lib/kmodlab/logs/<name>/<release>/make.log)), and names
@@ -19,7 +22,8 @@ description:
 options:
   modules:
     description:
-      - The modules, each with C(name), C(build_dir) and C(files) (base64, as kernel_module takes them).
+      - The modules, each with C(name), C(build_dir), C(files) (base64, as kernel_module takes them) and
+        optionally C(params) (as kernel_module takes them; refused the same way).
       - A C(name) that is no module name (1 to 55 letters, digits and C(_)) fails the task before the host is read.
     type: list
     elements: dict
@@ -69,6 +73,16 @@ modules:
     persist:
       description: Whether the module is loaded at boot.
       type: bool
+    params:
+      description: The parameters the module's C(/etc/modprobe.d/kmodlab-<name>.conf) gives it (what modprobe applies
+        at its next load); empty when it has none.
+      type: dict
+      sample: {"greeting": "hello"}
+    live_params:
+      description: The values the loaded module shows for the parameters of C(params) and of the given C(params)
+        that it lets be read (C(/sys/module/<name>/parameters/<parameter>)); empty when it is not loaded.
+      type: dict
+      sample: {"greeting": "hello"}
     rolled_back:
       description: Why the last release was rolled back, or which deployment did not finish; empty when neither.
       type: str
@@ -100,7 +114,13 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     Refusal,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, name_error, read
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
+    ModuleOnHost,
+    StepFailed,
+    name_error,
+    params_error,
+    read,
+)
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
 
 INTERRUPTED = "the deployment of %s (version %s) begun %s did not finish; the next run or boot rolls it back"
@@ -109,11 +129,14 @@ INTERRUPTED = "the deployment of %s (version %s) begun %s did not finish; the ne
 def report(module, spec):
     if name_error(spec["name"]):
         raise SourceError(name_error(spec["name"]))
-    host = ModuleOnHost(module, spec["name"], spec["build_dir"])
+    if params_error(spec.get("params")):
+        raise SourceError("%s: %s" % (spec["name"], params_error(spec.get("params"))))
+    host = ModuleOnHost(module, spec["name"], spec["build_dir"], params=spec.get("params"))
     files = decode_files(spec["files"])
     observed = host.observe(files)
     try:
-        drift = bool(set(plan_present(host.name, observed)) - {PERSIST, UNPERSIST, SAVE_SOURCES})
+        planned = plan_present(host.name, observed, options=host.wanted_options)
+        drift = bool(set(planned) - {PERSIST, UNPERSIST, SAVE_SOURCES})
     except Refusal:
         drift = True
     rolled_back = host.last_rollback() or ""
@@ -135,6 +158,8 @@ def report(module, spec):
         for release, build in host.builds().items()
     ]
     running = next((build for build in builds if build["kernel"] == host.kernel), None)
+    params = host.params()
+    live = host.live_params(set(params) | set(spec.get("params") or {})) if observed.loaded else {}
     return {
         "name": host.name,
         "state": "interrupted" if journal is not None else "rolled back" if rolled_back else state,
@@ -142,6 +167,8 @@ def report(module, spec):
         "srcversion": srcversion,
         "drift": drift,
         "persist": observed.persisted,
+        "params": params,
+        "live_params": live,
         "rolled_back": rolled_back,
         "build_log": running["log"] if running and running["result"] != BUILT else "",
         "builds": builds,

@@ -71,6 +71,7 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         .replace("/etc/systemd/system/", f"{root}/etc/systemd/system/")
         .replace("/usr/local/sbin/", f"{root}/usr/local/sbin/")
         .replace("/etc/kernel/", f"{root}/etc/kernel/")
+        .replace("/etc/modprobe.d/", f"{root}/etc/modprobe.d/")
     )
     (root / f"lib/modules/{KERNEL}/build").mkdir(parents=True, exist_ok=True)
     (root / f"lib/modules/{KERNEL}/build/Makefile").write_text("")
@@ -202,6 +203,27 @@ def test_an_unfinished_first_deployment_is_rolled_back_to_nothing_at_boot(tmp_pa
     assert not installed.exists() and not (root / "autoload/m.json").exists()
     assert log == f"depmod -a {KERNEL}\n"  # nothing loaded
     assert "there was no previous module" in record(root)["rolled_back"]
+
+
+@pytest.mark.parametrize("before", ["# kmodlab\noptions m  greeting=hi\n\n", None], ids=["a file", "none"])
+def test_an_unfinished_parameter_change_is_rolled_back_at_boot_before_the_load(tmp_path, before):
+    """The machine stopped during a deployment that changed the parameters only: the boot puts the modprobe.d
+    file back exactly as it was (or removes the one the deployment wrote) before its modprobe, which applies it."""
+    install(tmp_path, b"old", passed=True)
+    root = tmp_path / "root"
+    entry = {"name": "m", "build_dir": "/nonexistent", "sources": "/nonexistent"}
+    journal(root, {"installed": sha(b"old"), "kept": None, "autoload": json.dumps(entry), "options": before}, b"old")
+    (root / "etc/modprobe.d").mkdir(parents=True)
+    (root / "etc/modprobe.d/kmodlab-m.conf").write_text("options m greeting=new\n")
+    (root / "etc/modprobe.d/other.conf").write_text("options other x=1\n")
+    proc, log, _ = run_script(tmp_path, {"m": entry})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("rolled back at boot: the deployment of m (version old)")
+    conf = root / "etc/modprobe.d/kmodlab-m.conf"
+    assert (conf.read_text() if conf.exists() else None) == before
+    assert (root / "etc/modprobe.d/other.conf").read_text() == "options other x=1\n"
+    assert log == f"depmod -a {KERNEL}\nm\n"  # the files first, then the load
+    assert not list((root / "state/journal").iterdir())
 
 
 def test_a_journal_that_cannot_be_rolled_back_keeps_its_module_from_loading(tmp_path):

@@ -137,7 +137,8 @@ class FakeAnsibleModule:
     def __init__(self, bin_dir, install):
         self.bin_dir = bin_dir
         self.params = {"name": "m", "build_dir": "/nonexistent", "proc_entry": "/proc/m", "persist": True,
-                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1, "install": install}  # fmt: skip
+                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1, "install": install,
+                       "params": {}}  # fmt: skip
 
     def get_bin_path(self, name, required=False):
         return str(self.bin_dir / name)

@@ -18,6 +18,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     CLEAN,
     REMOVE_INSTALLED,
     REMOVE_KEPT,
+    REMOVE_OPTIONS,
     REMOVE_SOURCES,
     UNPERSIST,
     Observed,
@@ -48,7 +49,8 @@ class FakeAnsibleModule:
         self.root, self.check_mode = root, check_mode
         self.params = {"name": name, "state": "absent", "files": None, "prebuilt": None,
                        "build_dir": str(root / "usr/local/src/kmodlab" / name), "proc_entry": None, "persist": True,
-                       "install": True, "build_timeout": 5, "load_timeout": 5, "check_timeout": 5}  # fmt: skip
+                       "install": True, "build_timeout": 5, "load_timeout": 5, "check_timeout": 5,
+                       "params": {}}  # fmt: skip
 
     def get_bin_path(self, name, required=False):
         return str(self.root / "bin" / name)
@@ -75,11 +77,13 @@ def host_root(tmp_path, monkeypatch):
     """The host's paths under TMP_PATH/root; systemd runs it; no module is loaded."""
     root = tmp_path / "root"
     for constant in ("STATE_DIR", "AUTOLOAD_DIR", "BOOT_SCRIPT", "BOOT_UNIT", "BOOT_WANTS", "MODULES_ROOT",
-                     "SYSTEMD_RUNNING", "TMP_DIR", "POSTINST_HOOK", "HEADER_POSTINST_HOOK"):  # fmt: skip
+                     "SYSTEMD_RUNNING", "TMP_DIR", "POSTINST_HOOK", "HEADER_POSTINST_HOOK",
+                     "MODPROBE_DIR"):  # fmt: skip
         monkeypatch.setattr(kmod_host, constant, str(root) + getattr(kmod_host, constant))
     monkeypatch.setattr(ModuleOnHost, "loaded", lambda self: False)
     (root / "run/systemd/system").mkdir(parents=True)
     (root / "etc/kernel/postinst.d").mkdir(parents=True)  # apt's
+    (root / "etc/modprobe.d").mkdir(parents=True)  # kmod's
     (root / "tmp").mkdir()
     (root / "bin").mkdir()
     for tool in ("depmod", "systemctl"):
@@ -93,8 +97,9 @@ def host_root(tmp_path, monkeypatch):
 
 def deploy(root, name, kernels):
     """What deploy.yml leaves of NAME (installed and kept for KERNELS, sources, boot entry and kernel hooks, the
-    logs of its builds for KERNELS)."""
-    host = ModuleOnHost(FakeAnsibleModule(root, name), name, str(root / "usr/local/src/kmodlab" / name))
+    logs of its builds for KERNELS, its parameters in /etc/modprobe.d)."""
+    host = ModuleOnHost(FakeAnsibleModule(root, name), name, str(root / "usr/local/src/kmodlab" / name),
+                        params={"greeting": name})  # fmt: skip
     sources = {name + ".c": "/* %s */\n" % name, "Makefile": "obj-m += %s.o\n" % name}
     write_sources(host.build_dir, sources)
     write_sources(os.path.join(kmod_host.STATE_DIR, "good", name), sources)  # what the boot service builds
@@ -108,6 +113,7 @@ def deploy(root, name, kernels):
     os.makedirs(os.path.dirname(state), exist_ok=True)
     Path(state).write_text('{"rolled_back": "an earlier release"}\n')
     host.persist()
+    host.set_options()
     return host
 
 
@@ -118,6 +124,7 @@ def plant_leftovers(root):
         "var/lib/kmodlab/kept/%s/hello.ko.tmp" % OTHER,
         "var/lib/kmodlab/state/my_timer.json.tmp",
         "etc/kmodlab/autoload.d/hello.json.tmp",
+        "etc/modprobe.d/kmodlab-my_timer.conf.tmp",
         "etc/systemd/system/kmodlab-modules.service.tmp",
         "etc/kernel/header_postinst.d/kmodlab.tmp",
         "var/lib/kmodlab/logs/my_timer/%s/make.log.tmp" % OTHER,
@@ -157,13 +164,19 @@ def test_removal_of_every_module_leaves_nothing_of_kmodlab_for_any_kernel(root, 
     results = {name: remove(root, name) for name in reversed(MODULES)}
     for name in MODULES:
         assert results[name]["changed"] and results[name]["actions"] == planned[name]
-        assert results[name]["actions"][:4] == [UNPERSIST, REMOVE_INSTALLED, REMOVE_KEPT, REMOVE_SOURCES]
+        assert results[name]["actions"][:5] == [
+            UNPERSIST,
+            REMOVE_OPTIONS,
+            REMOVE_INSTALLED,
+            REMOVE_KEPT,
+            REMOVE_SOURCES,
+        ]
         assert results[name]["actions"][-1] == CLEAN  # its planted leftovers
 
     # What is left is the system's: the kernels' own files, systemd's directories, our fakes.
     assert everything(root) == [
         "bin/", "bin/depmod", "bin/systemctl",
-        "etc/", "etc/kernel/", "etc/kernel/postinst.d/",
+        "etc/", "etc/kernel/", "etc/kernel/postinst.d/", "etc/modprobe.d/",
         "etc/systemd/", "etc/systemd/system/", "etc/systemd/system/multi-user.target.wants/",
         "lib/", "lib/modules/",
         "lib/modules/%s/" % OTHER, "lib/modules/%s/kernel/" % OTHER, "lib/modules/%s/kernel/fs/" % OTHER,
@@ -295,7 +308,7 @@ def test_a_boot_service_with_no_module_left_to_load_is_removed(root, tmp_path):
     assert all(os.path.lexists(path) for path in service)
     (tmp_path / "log").unlink(missing_ok=True)
     planned = remove(root, "hello", check_mode=True)["actions"]
-    assert planned == [REMOVE_INSTALLED, REMOVE_KEPT, REMOVE_SOURCES, CLEAN]
+    assert planned == [REMOVE_OPTIONS, REMOVE_INSTALLED, REMOVE_KEPT, REMOVE_SOURCES, CLEAN]
     assert remove(root, "hello")["actions"] == planned
     assert not any(os.path.lexists(path) for path in service)
     assert (tmp_path / "log").read_text().splitlines().count("systemctl daemon-reload") == 1

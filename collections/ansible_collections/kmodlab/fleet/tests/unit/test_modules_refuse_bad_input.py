@@ -118,6 +118,7 @@ def test_every_returned_key_is_documented(tmp_path, previous):
         assert set(result) - STANDARD_KEYS <= documented_keys(name), (name, result)
     assert results["module_status"]["modules"][0]["state"] == "missing"
     assert set(results["module_status"]["modules"][0]) == {
-        "name", "state", "version", "srcversion", "drift", "persist", "rolled_back", "build_log", "builds"
+        "name", "state", "version", "srcversion", "drift", "persist", "params", "live_params", "rolled_back",
+        "build_log", "builds"
     }  # fmt: skip
     assert results["host_lock"]["ansible_facts"]["kernel"]

@@ -59,6 +59,7 @@ def root(tmp_path, monkeypatch):
         "BOOT_ID": "proc/sys/kernel/random/boot_id",
         "POSTINST_HOOK": "etc/kernel/postinst.d/kmodlab",
         "HEADER_POSTINST_HOOK": "etc/kernel/header_postinst.d/kmodlab",
+        "MODPROBE_DIR": "etc/modprobe.d",
     }
     for name, path in paths.items():
         monkeypatch.setattr(kh, name, str(root / path))
@@ -76,7 +77,7 @@ class FakeAnsibleModule:
         self.check_mode = check_mode
         self.params = {"name": "m", "state": "present", "build_dir": str(root / "src/m"), "prebuilt": None,
                        "proc_entry": str(root / "proc/m"), "persist": True, "install": True,
-                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1}  # fmt: skip
+                       "build_timeout": 1, "load_timeout": 1, "check_timeout": 1, "params": {}}  # fmt: skip
         self.params.update(params)
         self.warnings = []
 
@@ -98,7 +99,8 @@ class FakeHost(kh.ModuleOnHost):
     "disk full" (INSTALL fails with ENOSPC); and for every build "stuck" (the /proc read is left in state D)."""
 
     def __init__(self, root, module, new, fail=()):
-        super().__init__(module, "m", module.params["build_dir"], install=module.params["install"])
+        params = module.params.get("params")
+        super().__init__(module, "m", module.params["build_dir"], install=module.params["install"], params=params)
         self.kernel = K
         self.installed, self.kept = self.installed_for(K), self.kept_for(K)
         self.kdir = str(root / "kdir")
@@ -398,10 +400,11 @@ def test_the_journal_says_what_the_host_held(root):
         deploy(root, b"new", "die")
     journal = json.loads((root / "var/lib/kmodlab/journal/m.json").read_text())
     assert journal["kernel"] == K and journal["boot_id"] == "boot-1"
-    assert journal["new"] == {"sha": sha256_of(b"new"), "version": "new", "identities": ["srcversion:new"]}
+    assert journal["new"] == {"sha": sha256_of(b"new"), "version": "new", "identities": ["srcversion:new"],
+                              "options": None}  # fmt: skip
     before = journal["before"]
     assert before["installed"] == sha256_of(b"old") and before["kept"] == sha256_of(b"older")
-    assert before["loaded"] and before["loaded_srcversion"] == "srcversion:old"
+    assert before["loaded"] and before["loaded_srcversion"] == "srcversion:old" and before["options"] is None
     assert json.loads(before["autoload"])["name"] == "m"
     assert (root / "var/lib/kmodlab/journal/m.kept").read_bytes() == b"older"
 
