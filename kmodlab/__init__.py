@@ -2,6 +2,7 @@
 
 One module per job:
 
+- paths: where the checkout's files are, and where the lab's state goes (KMODLAB_HOME, .lab/, XDG).
 - distros: what can be built (data).
 - mirror: where packages come from, and the kernel the mirror offers now.
 - images: base disks, built with mmdebstrap and cached (and which of them running machines use).

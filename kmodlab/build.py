@@ -34,10 +34,10 @@ import yaml
 from kmodlab import LabError, require_tool
 from kmodlab.distros import Distro
 from kmodlab.images import build_log, cache_dir, log_tail, remove_tree, run_in_own_group
+from kmodlab.paths import checkout_path
 from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 
-REPO = Path(__file__).resolve().parents[1]
 FORMAT_VERSION = "1"  # bump when the build root's steps change
 PACKAGES = ("make", "gcc", "libc6-dev")
 # The sandbox's user outside it when the grader runs as root (no account needed): a process limit is
@@ -67,7 +67,7 @@ def build_roots_dir() -> Path:
 
 def source_patterns() -> list[str]:
     """The files of a module's directory that are its sources (roles/kernel_module/defaults): what a build sees."""
-    defaults = yaml.safe_load((REPO / "roles" / "kernel_module" / "defaults" / "main.yml").read_text())
+    defaults = yaml.safe_load(checkout_path("roles", "kernel_module", "defaults", "main.yml").read_text())
     return list(defaults["kernel_module_src_patterns"])
 
 

@@ -14,8 +14,10 @@ from kmodlab.cache import LogMark, PackageCache, log_mark, read_transfers, stats
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
 from kmodlab.grade import add_grade_parser, grade_command
 from kmodlab.images import cache_dir, ensure_image
-from kmodlab.lab import DEFAULT_INVENTORY, DEFAULT_SSH_TIMEOUT, Lab, VmSpec
+from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.mirror import find_mirror
+from kmodlab.paths import default_inventory, program
+from kmodlab.progress import say
 from kmodlab.signals import interrupts_raise
 from kmodlab.vm import ACCELS, DEFAULT_ACCEL, DEFAULT_CPUS, DEFAULT_MEMORY_MIB
 
@@ -32,7 +34,7 @@ INTERRUPTED = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m kmodlab", description="A local fleet of Debian VMs under QEMU.")
+    p = argparse.ArgumentParser(prog=program(), description="A local fleet of Debian VMs under QEMU.")
     p.add_argument(
         "--lab", default="default", help="lab name; each lab has its own machines and key (default: default)"
     )
@@ -86,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--inventory",
         help="where to write the Ansible inventory, or none; never over a file kmodlab did not write "
-        "(default: inventory/lab.yml for the default lab, none otherwise)",
+        f"(default: {default_inventory()} for the default lab, none otherwise)",
     )
     up.add_argument("--json", action="store_true", help="print the machines' connection details as JSON")
 
@@ -149,7 +151,7 @@ def log_mark_argument(text: str) -> LogMark:
 
 def inventory_path(lab: Lab, value: str | None) -> Path | None:
     if value is None:
-        return DEFAULT_INVENTORY if lab.name == "default" else None
+        return default_inventory() if lab.name == "default" else None
     return None if value == "none" else Path(value).resolve()
 
 
@@ -159,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         specs = VmSpec.parse_all(args.vms or DEFAULT_FLEET, args.airgap)
         inventory = inventory_path(lab, args.inventory)
         lab.up(specs, args.accel, args.timeout, args.cpus, args.memory, inventory, args.package_cache)
+        if inventory is not None:
+            say(f"inventory: {inventory} (ansible-playbook -i {inventory} ...)")
         if args.json:
             print(json.dumps(lab.instances(), indent=2))
         return 0

@@ -40,12 +40,11 @@ from kmodlab import LabError
 from kmodlab.build import BuildRoot, build_module, ensure_build_root
 from kmodlab.distros import get_distro
 from kmodlab.kernel_log import NOTES_PROPERTY
-from kmodlab.lab import ADDRESS, DEFAULT_INVENTORY, Lab
+from kmodlab.lab import ADDRESS, Lab
 from kmodlab.mirror import find_mirror
+from kmodlab.paths import checkout_path, default_inventory, program
 from kmodlab.progress import say
 
-REPO = Path(__file__).resolve().parents[1]
-PLAYBOOK = REPO / "playbooks" / "grade.yml"
 FLEET = Path("tests") / "fleet"
 # The fleet test files a submission is graded by; each file's tests judge the part named here, or
 # (None) the part named by the test's parameter if it is a part, else the submission as a whole.
@@ -88,7 +87,7 @@ def safe(word: object) -> str:
 def use_our_part1_harness(root: Path) -> None:
     """Give a submission's syscalls/ the reference's Makefile and check script (without -Werror): the
     assignment asks students for empty.c and part1.c only, and their own harness must not decide."""
-    reference = REPO / "module_src" / SYSCALLS
+    reference = checkout_path("module_src", SYSCALLS)
     makefile = (reference / "Makefile").read_text().replace(" -Werror", "")
     (root / SYSCALLS / "Makefile").write_text(makefile)
     (root / SYSCALLS / "check-traces.sh").write_text((reference / "check-traces.sh").read_text())
@@ -96,7 +95,7 @@ def use_our_part1_harness(root: Path) -> None:
 
 def kmodlab_modules() -> list[dict]:
     """The modules deploy.yml deploys (roles/kmodlab/defaults): the module parts of a submission."""
-    defaults = yaml.safe_load((REPO / "roles" / "kmodlab" / "defaults" / "main.yml").read_text())
+    defaults = yaml.safe_load(checkout_path("roles", "kmodlab", "defaults", "main.yml").read_text())
     return defaults["kmodlab_modules"]
 
 
@@ -238,15 +237,15 @@ class Grader:
     def __init__(self, args: argparse.Namespace, lab: Lab):
         self.args = args
         self.lab = lab
-        self.inventory = Path(args.inventory or DEFAULT_INVENTORY).resolve()
+        self.repo = Path(safe(checkout_path()))  # the playbooks and fleet checks: a checkout's
+        self.inventory = Path(args.inventory or default_inventory()).resolve()
         self.out = Path(safe(Path(args.out).resolve()))
         self.raw = self.out / "raw"
-        safe(REPO)
         self.parts = part_names()
         self.bin = Path(sys.executable).parent
         # Ansible's and pytest's programs from this Python's environment, first: testinfra runs ansible-inventory.
         path = os.pathsep.join([str(self.bin), os.environ.get("PATH", os.defpath)])
-        self.env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PATH=path)
+        self.env = dict(os.environ, ANSIBLE_CONFIG=str(self.repo / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PATH=path)
         self.hosts: list[Host] = []
         self.build_roots: dict[str, BuildRoot] = {}  # kernel release -> its build root (make_build_roots)
         self.catalogue: dict[str, list[str]] = {}
@@ -261,7 +260,7 @@ class Grader:
     def check_inventory(self) -> None:
         """Read the inventory's hosts; refuse (unless --allow-any-inventory) any host that is not this lab's."""
         if not self.inventory.exists():  # a file, or a directory of them (molecule's)
-            raise LabError(f"no inventory {self.inventory}: start the lab (python -m kmodlab up) or give --inventory")
+            raise LabError(f"no inventory {self.inventory}: start the lab ({program()} up) or give --inventory")
         listing = self.run([self.bin / "ansible-inventory", "-i", self.inventory, "--list"], timeout=120)
         if listing.returncode != 0:
             raise LabError(f"cannot read the inventory {self.inventory}: {listing.stderr.strip()[-1000:]}")
@@ -700,14 +699,23 @@ class Grader:
         ]
 
     def playbook(self, args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-        return self.run([self.bin / "ansible-playbook", "-i", self.inventory, PLAYBOOK, *args], timeout=timeout)
+        return self.run(
+            [self.bin / "ansible-playbook", "-i", self.inventory, self.repo / "playbooks" / "grade.yml", *args],
+            timeout=timeout,
+        )
 
     def run(self, command: list, timeout: float) -> subprocess.CompletedProcess[str]:
         """COMMAND's result (exit 124 with what it printed if it ran out of TIMEOUT seconds)."""
         argv = [str(word) for word in command]
         try:
             return subprocess.run(
-                argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+                argv,
+                cwd=self.repo,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as err:
             out = err.stdout.decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout or ""
@@ -777,7 +785,7 @@ def add_grade_parser(sub) -> None:
         "my_timer/, hello/ and syscalls/, on every kernel release of the inventory's hosts.",
     )
     grade.add_argument("submissions", type=Path, help="directory of submissions")
-    grade.add_argument("--inventory", help=f"the fleet (default: {DEFAULT_INVENTORY}, the default lab's)")
+    grade.add_argument("--inventory", help=f"the fleet (default: {default_inventory()}, the default lab's)")
     grade.add_argument("--limit", metavar="HOST[,HOST...]", help="grade on these hosts of the inventory only")
     grade.add_argument("--out", default="grades", help="directory for the reports and raw logs (default: grades)")
     grade.add_argument("--rubric", type=Path, help="points per check, YAML (default: kmodlab/rubric.yml)")

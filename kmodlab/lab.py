@@ -1,6 +1,7 @@
 """A lab's lifecycle: the machines of one lab, brought up and taken down together; one stopped, started, rebooted.
 
-A lab lives in HOME/NAME (HOME is KMODLAB_HOME, else .lab in this repository):
+A lab lives in HOME/NAME (HOME is kmodlab.paths.state_home: KMODLAB_HOME, else .lab in the checkout, else the
+user's state directory):
 its ssh files (see kmodlab.ssh) and vms/NAME/ for each machine. The lab removes
 only what it wrote there.
 
@@ -25,6 +26,7 @@ from kmodlab.cache import PackageCache
 from kmodlab.distros import get_distro
 from kmodlab.images import Image, cache_dir, ensure_image
 from kmodlab.mirror import find_mirror
+from kmodlab.paths import program, state_home
 from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 from kmodlab.ssh import (
@@ -57,8 +59,6 @@ from kmodlab.vm import (
     pick_port,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_INVENTORY = REPO / "inventory" / "lab.yml"
 FIRST_PORT = 2222
 DEFAULT_SSH_TIMEOUT = 600.0
 INVENTORY_RECORD = "inventory-path"  # in the lab directory: where up wrote the inventory, for down
@@ -92,7 +92,7 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def labs_home() -> Path:
-    return Path(os.environ.get("KMODLAB_HOME", REPO / ".lab"))
+    return state_home()
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Lab:
     def command(self, *words: str) -> str:
         """A kmodlab command line for this lab, quoted for a message to the user."""
         lab = "" if self.name == "default" else f" --lab {self.name}"
-        return f"`python -m kmodlab{lab} {' '.join(words)}`"
+        return f"`{program()}{lab} {' '.join(words)}`"
 
     def machine(self, name: str, *, running: bool | None = True) -> Vm:
         """Machine NAME, running (or with RUNNING false, stopped; None: either); else an error that says what to do."""

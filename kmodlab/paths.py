@@ -1,0 +1,81 @@
+"""Where kmodlab's files are: the checkout's, and the lab's state (one home per fact).
+
+- The package's own files (rubric.yml, guest/) sit beside its modules and are found from them.
+- The checkout's files (ansible.cfg, roles/, playbooks/, module_src/, tests/fleet/) exist only when this
+  package runs from a clone of the repository (`python -m kmodlab`, or an editable install): checkout_path.
+- The lab's state (disks, ssh keys, the default lab's inventory): KMODLAB_HOME if set; else .lab/ in the
+  checkout (molecule reads .lab/molecule/ there); else, from an installed package, the user's state
+  directory ($XDG_STATE_HOME/kmodlab, else ~/.local/state/kmodlab), never inside site-packages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from kmodlab import LabError
+
+PACKAGE = Path(__file__).resolve().parent
+# What tells a checkout from the directory an installed package sits in (site-packages).
+CHECKOUT_MARKERS = ("ansible.cfg", "roles", "playbooks", "pyproject.toml")
+STATE_NAME = "kmodlab"
+
+
+def checkout_of(package: Path) -> Path | None:
+    """The checkout PACKAGE (kmodlab's directory) is part of, or None when it is an installed package."""
+    root = package.parent
+    return root if all((root / marker).exists() for marker in CHECKOUT_MARKERS) else None
+
+
+def checkout() -> Path | None:
+    """The checkout this kmodlab runs from, or None when it runs from an installed package."""
+    return checkout_of(PACKAGE)
+
+
+def program() -> str:
+    """How the user runs kmodlab, for messages: `python -m kmodlab` in a checkout, else the installed `kmodlab`."""
+    return "python -m kmodlab" if checkout() else "kmodlab"
+
+
+def checkout_path(*parts: str) -> Path:
+    """The file or directory PARTS of the checkout (the checkout itself with none); a LabError when kmodlab runs
+    from an installed package, which has the lab but not the roles, playbooks and fleet checks."""
+    root = checkout()
+    if root is None:
+        what = "/".join(parts) or "its roles, playbooks and fleet checks"
+        raise LabError(
+            f"this needs kmodlab's checkout ({what}), and this kmodlab runs from an installed package "
+            f"({PACKAGE}): run it from a clone of the repository (`python -m kmodlab ...` there)"
+        )
+    return root.joinpath(*parts)
+
+
+def state_home_for(environ: Mapping[str, str], root: Path | None) -> Path:
+    """Where labs live, given the environment ENVIRON and the checkout ROOT (None: an installed package)."""
+    if environ.get("KMODLAB_HOME"):
+        return Path(environ["KMODLAB_HOME"])
+    if root is not None:
+        return root / ".lab"
+    xdg = environ.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():  # the XDG spec: a relative path is invalid and ignored
+        return Path(xdg) / STATE_NAME
+    home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+    return home / ".local" / "state" / STATE_NAME
+
+
+def state_home() -> Path:
+    """Where labs live (HOME/NAME per lab): see state_home_for."""
+    return state_home_for(os.environ, checkout())
+
+
+def default_inventory_for(environ: Mapping[str, str], root: Path | None) -> Path:
+    """The default lab's Ansible inventory: inventory/lab.yml in the checkout (ansible.cfg's inventory), else
+    inventory.yml in the state directory, beside the labs."""
+    if root is not None:
+        return root / "inventory" / "lab.yml"
+    return state_home_for(environ, root) / "inventory.yml"
+
+
+def default_inventory() -> Path:
+    return default_inventory_for(os.environ, checkout())
