@@ -13,7 +13,7 @@ and records what it saw; the tests then assert on the record:
 5. deploys that die half-way: one killed (kill -9) after the load, before the check, is rolled back by the
    next deploy; a release that panics its machine on load is rolled back at the next boot, with no boot loop;
 6. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
-7. a reboot loads the modules again; a Debian 12 host gets the backports kernel and its headers: their
+7. a Debian 12 host gets the backports kernel and its headers: their
    installation builds the modules for it (kmodlab's kernel hooks), before the reboot; it reboots into it
    and has the modules loaded at boot with no build there; the next deploy brings it up to date.
 """
@@ -293,12 +293,8 @@ def story(request, tmp_path_factory):
     record["after_restore"] = fleet.snapshot()
     record["healed"] = fleet.hosts[broken].run("modinfo -n my_timer").stdout.strip()
 
-    say(f"{fleet.old[0]} reboots")
-    # 7. A reboot; then a kernel upgrade on a Debian 12 host.
-    rebooted = fleet.old[0]
-    fleet.lab("reboot", rebooted)
-    fleet.booted(rebooted)
-    record["after_reboot"] = fleet.timer(rebooted)
+    # 7. A kernel upgrade on a Debian 12 host. (A machine's start loads its modules again: the restarts of
+    # steps 3 and 5 and this step's reboot show it, so no reboot of its own is spent on it.)
     upgraded = fleet.old[-1]
     say(f"{upgraded} installs the backports kernel")
     h = fleet.hosts[upgraded]
@@ -456,7 +452,7 @@ def test_a_deploy_killed_after_the_load_is_rolled_back_by_the_next_run(story):
     assert after["version"] == "1.0.5-faults" and after["journal"], after
     assert not after["lock"], after
     previous = story["before_faults"][name]["version"]
-    output = story["restore"].stdout
+    output = story["restore"].stdout + story["restore"].stderr  # Ansible prints warnings on stderr
     assert re.search(
         rf"\[WARNING\]: .*my_timer: rolled back the deployment of my_timer \(version 1\.0\.5-faults\) begun "
         rf"\S+ that did not finish; the previous my_timer \(version {re.escape(previous)}\) is loaded and answers",
@@ -483,12 +479,6 @@ def test_an_install_without_depmod_heals_and_the_good_release_returns(story):
     assert story["healed"].endswith("/updates/my_timer.ko")
     for name, after in story["after_restore"].items():
         assert after["version"] == GOOD and after["answers"], (name, after)
-
-
-def test_a_reboot_loads_the_modules_again(story):
-    """After kmodlab reboot, both modules are loaded and /proc/timer answers."""
-    after = story["after_reboot"]
-    assert after["version"] == GOOD and after["answers"] and after["hello"], after
 
 
 def test_installing_a_new_kernel_builds_the_modules_for_it_before_the_reboot(story):
