@@ -125,9 +125,10 @@ def read(path):
 
 
 def read_text(path):
-    """The text of PATH as it is (not stripped), or None when there is none."""
+    """The text of PATH as it is (not stripped), or None when there is none: its bytes, line ends and all, a byte
+    that is no UTF-8 as a surrogate (TEXT.encode("utf-8", "surrogateescape") gives the bytes back)."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return handle.read()
     except OSError:
         return None
@@ -186,7 +187,7 @@ def roll_back(path):
         if before["options"] is None:
             os.unlink(options)
         else:
-            write_durably(options, before["options"].encode())
+            write_durably(options, before["options"].encode("utf-8", "surrogateescape"))
     if os.path.isdir("/lib/modules/%s" % kernel) and run_limited(["depmod", "-a", kernel], 300, "depmod")[0] != 0:
         raise RuntimeError("depmod -a %s failed" % kernel)
     message = "rolled back at boot: the deployment of %s (version %s) begun %s did not finish; %s" % (
@@ -636,9 +637,10 @@ def read(path, default=""):
 
 
 def read_text(path):
-    """The text of PATH as it is (not stripped), or None when there is none."""
+    """The text of PATH as it is (not stripped), or None when there is none: its bytes, line ends and all, a byte
+    that is no UTF-8 as a surrogate (TEXT.encode("utf-8", "surrogateescape") gives the bytes back)."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return handle.read()
     except OSError:
         return None
@@ -1037,8 +1039,8 @@ class ModuleOnHost(object):
 
     def write_options(self, text):
         """The module's modprobe.d file holds TEXT (durably), or is gone (None)."""
-        if text is not None:
-            write_durably(self.options_file, text)
+        if text is not None:  # the bytes read_text read (a hand-edited file's), or ours
+            write_durably(self.options_file, text.encode("utf-8", "surrogateescape"))
         elif os.path.lexists(self.options_file):
             os.unlink(self.options_file)
             fsync_directory(os.path.dirname(self.options_file))

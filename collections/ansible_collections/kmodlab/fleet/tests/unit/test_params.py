@@ -192,6 +192,22 @@ def test_a_failed_check_after_a_parameter_change_rolls_back_the_file_exactly_and
     assert host.files()["installed"] == b"old" and host.files()["boot entry"]
 
 
+@pytest.mark.parametrize(
+    "by_hand",
+    [b"# by hand\r\noptions m greeting=hi\r\n", b"options m greeting=hi\rx\n", b"# \xe9dit\xe9\noptions m greeting=hi\n"],
+    ids=["crlf", "cr", "latin-1"],
+)
+def test_the_rollback_puts_back_the_bytes_of_the_file_whatever_its_line_ends_and_encoding(root, by_hand):
+    """The file is read and written as bytes: a CR or a byte that is no UTF-8 neither crashes the run nor comes back
+    changed."""
+    deployed(root, {"greeting": "hi"})
+    path = root / "etc/modprobe.d/kmodlab-m.conf"
+    path.write_bytes(by_hand)
+    host, done = deploy(root, {"greeting": "fails"})
+    assert done.failed and done.result["actions"] == [OPTIONS, UNLOAD, LOAD], done.result
+    assert path.read_bytes() == by_hand and host.read_journal() is None
+
+
 def test_a_failed_first_parameters_leave_no_file(root):
     """No parameters before (no file): the rollback removes the file and loads the module without any."""
     deployed(root, {})
