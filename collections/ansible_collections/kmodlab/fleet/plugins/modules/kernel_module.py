@@ -500,9 +500,11 @@ class KernelModule(object):
         diffs = source_diffs(self.module.params["build_dir"], self.files) if WRITE in plan else []
         if OPTIONS in plan or REMOVE_OPTIONS in plan:
             path = self.host.options_file
+            before = self.host.read_options()
+            if plan[:1] == [RECOVER] and self.module.check_mode:  # (else it ran): from the file it puts back
+                before = self.host.journal_before().get("options", before)
             after = self.host.wanted_options if OPTIONS in plan else None
-            diffs.append({"before_header": path, "after_header": path, "before": self.host.read_options() or "",
-                          "after": after or ""})  # fmt: skip
+            diffs.append({"before_header": path, "after_header": path, "before": before or "", "after": after or ""})
         return diffs
 
     def main(self):

@@ -263,8 +263,11 @@ def test_a_run_that_died_after_writing_the_parameters_is_rolled_back_first(root,
         patch.setattr(ParamHost, "set_options", set_and_die)
         deploy(root, {"greeting": "hello"})
     assert conf(root).endswith("\noptions m greeting=hello\n")
-    host, done = deploy(root, {"greeting": "hello"}, check_mode=True)
+    host, done = deploy(root, {"greeting": "hello"}, check_mode=True, diff=True)
     assert done.result["actions"] == [RECOVER, OPTIONS, UNLOAD, LOAD]
+    # --diff shows the change from the file the rollback puts back, not from the one the dead run wrote.
+    [change] = done.result["diff"]
+    assert (change["before"], change["after"]) == (options_text("m", {"greeting": "hi"}), conf(root))
     host, done = deploy(root, {"greeting": "hello"})
     assert not done.failed and done.result["actions"] == [RECOVER, OPTIONS, UNLOAD, LOAD]
     assert done.result["recovered"].endswith("the previous m (version old) is loaded and answers with its previous "
