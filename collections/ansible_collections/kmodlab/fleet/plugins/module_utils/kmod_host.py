@@ -50,6 +50,8 @@ BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.servic
 BOOT_ID = "/proc/sys/kernel/random/boot_id"  # changes at each boot
 MODULES_ROOT = "/lib/modules"  # <release>/updates/<name>.ko: the installed modules
 MODPROBE_DIR = "/etc/modprobe.d"  # kmodlab-<name>.conf: the module's parameters, which modprobe applies at each load
+# The other directories whose *.conf modprobe reads (kmod): a module's options there are applied with ours.
+OTHER_MODPROBE_DIRS = ("/run/modprobe.d", "/usr/local/lib/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d")
 SYSTEMD_RUNNING = "/run/systemd/system"  # exists when systemd runs the host (then it is told the unit went)
 TMP_DIR = "/tmp"  # where the boot service builds (kmodlab-<name>.XXXXXXXX, left by a build that was killed)
 TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sources: .<name>.XXXXXXXX)
@@ -839,6 +841,26 @@ class ModuleOnHost(object):
     def params(self):
         """The parameters the module's modprobe.d file gives it (name -> value)."""
         return options_of(self.name, self.read_options())
+
+    def options_elsewhere(self):
+        """The parameters of the wanted ones that another modprobe configuration file gives the module another
+        value of: (file, parameter, its value there), in the order of the files. modprobe applies the options of
+        every file, the value it reads last winning, so such a file may be what the module runs with."""
+        wanted = options_of(self.name, self.wanted_options)
+        found = []
+        for directory in (MODPROBE_DIR,) + OTHER_MODPROBE_DIRS:
+            for path in sorted(glob.glob(os.path.join(directory, "*.conf"))):
+                if path == self.options_file:
+                    continue
+                for line in (read_text(path) or "").splitlines():
+                    words = line.split()  # module and parameter names: kmod and the kernel take '-' for '_'
+                    if words[:1] != ["options"] or len(words) < 2 or words[1].replace("-", "_") != self.name:
+                        continue
+                    for key, _, value in (word.partition("=") for word in words[2:]):
+                        key = key.replace("-", "_")
+                        if key in wanted and value != wanted[key]:
+                            found.append((path, key, value))
+        return found
 
     def live_params(self, names):
         """The values the loaded module shows for the parameters NAMES, of those it shows and that can be read

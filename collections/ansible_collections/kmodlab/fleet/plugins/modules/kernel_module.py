@@ -22,7 +22,9 @@ description:
     check fails gets back the file exactly as it was (or none) and the module loaded with the previous
     parameters. The same parameters again change nothing. The loaded module is taken to run with the
     file's parameters (one loaded by hand with others is not told apart); M(kmodlab.fleet.module_status)
-    shows both. C(--diff) shows the file's change.
+    shows both. C(--diff) shows the file's change. Another modprobe configuration file that gives one of
+    O(params) another value (modprobe applies every file's options, the value it reads last winning) is warned
+    of.
   - With O(prebuilt), the build of another host of the same kernel release is received instead; it is
     written to O(build_dir) only when its vermagic equals the running kernel's (read from one of the
     kernel's own modules); otherwise the step fails before anything is installed, as a failed build does.
@@ -524,6 +526,14 @@ class KernelModule(object):
             self.fail(str(err))
         self.result["actions"] = plan
         self.result["changed"] = bool(plan)
+        if present and self.host.wanted_options:
+            wanted = options_of(self.name, self.host.wanted_options)
+            for path, key, value in self.host.options_elsewhere():
+                self.module.warn(
+                    "%s: %s also gives it %s=%s (params: %s=%s); modprobe applies the options of every file, the value "
+                    "it reads last winning (files in the order of their names), so the module may run with that one: "
+                    "status.yml shows the values it runs with" % (self.name, path, key, value, key, wanted[key])
+                )
         if self.module._diff:
             self.result["diff"] = self.diffs(plan)
             if not self.result["diff"]:

@@ -276,6 +276,37 @@ def test_a_run_that_died_after_writing_the_parameters_is_rolled_back_first(root,
     assert host.read_journal() is None
 
 
+def test_a_parameter_another_modprobe_d_file_sets_otherwise_is_warned_of(root):
+    """modprobe applies the options of every configuration file, the last one read winning: a file set by hand
+    that gives one of params another value may be what the module runs with. The run says so (it cannot tell
+    which value the module took: status.yml shows it); one that agrees, or sets another parameter, is no matter."""
+    (root / "etc/modprobe.d").mkdir(parents=True)
+    (root / "etc/modprobe.d/zz-local.conf").write_text("# by hand\noptions m count=5 debug=1\n")
+    (root / "lib/modprobe.d").mkdir(parents=True)
+    (root / "lib/modprobe.d/m.conf").write_text("options m greeting=hi\noptions m-x count=7\n")
+    (root / "etc/modprobe.d/kmodlab-other.conf").write_text("options other count=9\n")
+    module = FakeAnsibleModule(root, params={"greeting": "hi", "count": 2})
+    module.params["files"] = SOURCE
+    km = KernelModule(module)
+    km.host = ParamHost(root, module)
+    with pytest.raises(Exit) as done:
+        km.main()
+    assert not done.value.failed, done.value.result
+    assert module.warnings == [
+        "m: %s also gives it count=5 (params: count=2); modprobe applies the options of every file, the value it "
+        "reads last winning (files in the order of their names), so the module may run with that one: "
+        "status.yml shows the values it runs with" % (root / "etc/modprobe.d/zz-local.conf")
+    ]
+    # No params: kmodlab sets none, and warns of none.
+    module = FakeAnsibleModule(root)
+    module.params["files"] = SOURCE
+    km = KernelModule(module)
+    km.host = ParamHost(root, module)
+    with pytest.raises(Exit):
+        km.main()
+    assert module.warnings == []
+
+
 def test_status_shows_the_parameters_and_their_live_values_and_drift(root, monkeypatch):
     deployed(root, {"greeting": "hi", "count": 2})
     monkeypatch.setattr(module_status, "ModuleOnHost", lambda module, name, build_dir, params: on_host(root, params))
