@@ -207,7 +207,12 @@ def test_an_unfinished_first_deployment_is_rolled_back_to_nothing_at_boot(tmp_pa
 
 @pytest.mark.parametrize(
     "before",
-    ["# kmodlab\noptions m  greeting=hi\n\n", "# kmodlab\r\noptions m greeting=hi\r\n", "# \udce9\noptions m x=1\n", None],
+    [
+        "# kmodlab\noptions m  greeting=hi\n\n",
+        "# kmodlab\r\noptions m greeting=hi\r\n",
+        "# \udce9\noptions m x=1\n",
+        None,
+    ],
     ids=["a file", "crlf", "latin-1 (as the journal holds bytes that are no UTF-8)", "none"],
 )
 def test_an_unfinished_parameter_change_is_rolled_back_at_boot_before_the_load(tmp_path, before):
@@ -224,7 +229,8 @@ def test_an_unfinished_parameter_change_is_rolled_back_at_boot_before_the_load(t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("rolled back at boot: the deployment of m (version old)")
     conf = root / "etc/modprobe.d/kmodlab-m.conf"
-    assert (conf.read_bytes() if conf.exists() else None) == (before.encode("utf-8", "surrogateescape") if before else None)
+    wanted = before.encode("utf-8", "surrogateescape") if before else None
+    assert (conf.read_bytes() if conf.exists() else None) == wanted
     assert (root / "etc/modprobe.d/other.conf").read_text() == "options other x=1\n"
     assert log == f"depmod -a {KERNEL}\nm\n"  # the files first, then the load
     assert not list((root / "state/journal").iterdir())

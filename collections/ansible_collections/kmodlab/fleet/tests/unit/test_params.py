@@ -194,7 +194,11 @@ def test_a_failed_check_after_a_parameter_change_rolls_back_the_file_exactly_and
 
 @pytest.mark.parametrize(
     "by_hand",
-    [b"# by hand\r\noptions m greeting=hi\r\n", b"options m greeting=hi\rx\n", b"# \xe9dit\xe9\noptions m greeting=hi\n"],
+    [
+        b"# by hand\r\noptions m greeting=hi\r\n",
+        b"options m greeting=hi\rx\n",
+        b"# \xe9dit\xe9\noptions m greeting=hi\n",
+    ],
     ids=["crlf", "cr", "latin-1"],
 )
 def test_the_rollback_puts_back_the_bytes_of_the_file_whatever_its_line_ends_and_encoding(root, by_hand):
