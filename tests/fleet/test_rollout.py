@@ -249,6 +249,11 @@ def story(request, tmp_path_factory):
     )  # fmt: skip
     record["before_faults"] = {name: fleet.timer(name) for name in (killed, panicked)}
     machine = Lab(fleet.lab_name).machine(panicked)
+    h = fleet.hosts[killed]
+    # The load of this deploy is the next INIT_WAITS in the kernel log: one of an earlier story on this boot (a
+    # session that failed before the reboot below) must not count for it.
+    waits = lambda: h.run("dmesg --facility=kern").stdout.count(INIT_WAITS)  # noqa: E731
+    waits_before = waits()
     command = [*playbook_command(request), "--limit", f"{killed},{panicked}"]
     # The load's own time limit (which would signal modprobe too) is out of the way: only the test ends the wait.
     with subprocess.Popen(
@@ -258,8 +263,7 @@ def story(request, tmp_path_factory):
         wait_for(lambda: PANIC in machine.console_log.read_text(errors="replace"), 900, f"the panic on {panicked}")
         # A lab machine boots with panic=-1 under QEMU's -no-reboot: the panic powers it off.
         wait_for(lambda: not machine.running(), 120, f"{panicked} to power off after the panic")
-        h = fleet.hosts[killed]
-        wait_for(lambda: INIT_WAITS in h.run("dmesg --facility=kern").stdout, 900, f"the load on {killed}")
+        wait_for(lambda: waits() > waits_before, 900, f"the load on {killed}")
         # The module process is modprobe's parent (run_limited starts each command in a session of its own).
         h.run_test(
             "modprobe=$(pgrep -x modprobe) && module=$(ps -o ppid= -p $modprobe | tr -d ' ') && "

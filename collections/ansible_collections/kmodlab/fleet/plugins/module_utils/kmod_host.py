@@ -50,6 +50,8 @@ BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants/kmodlab-modules.servic
 BOOT_ID = "/proc/sys/kernel/random/boot_id"  # changes at each boot
 MODULES_ROOT = "/lib/modules"  # <release>/updates/<name>.ko: the installed modules
 MODPROBE_DIR = "/etc/modprobe.d"  # kmodlab-<name>.conf: the module's parameters, which modprobe applies at each load
+# The other directories whose *.conf modprobe reads (kmod): a module's options there are applied with ours.
+OTHER_MODPROBE_DIRS = ("/run/modprobe.d", "/usr/local/lib/modprobe.d", "/lib/modprobe.d", "/usr/lib/modprobe.d")
 SYSTEMD_RUNNING = "/run/systemd/system"  # exists when systemd runs the host (then it is told the unit went)
 TMP_DIR = "/tmp"  # where the boot service builds (kmodlab-<name>.XXXXXXXX, left by a build that was killed)
 TEMP_SUFFIX = "?" * 8  # the random part of a tempfile.mkdtemp name (write_sources: .<name>.XXXXXXXX)
@@ -125,9 +127,10 @@ def read(path):
 
 
 def read_text(path):
-    """The text of PATH as it is (not stripped), or None when there is none."""
+    """The text of PATH as it is (not stripped), or None when there is none: its bytes, line ends and all, a byte
+    that is no UTF-8 as a surrogate (TEXT.encode("utf-8", "surrogateescape") gives the bytes back)."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return handle.read()
     except OSError:
         return None
@@ -186,7 +189,7 @@ def roll_back(path):
         if before["options"] is None:
             os.unlink(options)
         else:
-            write_durably(options, before["options"].encode())
+            write_durably(options, before["options"].encode("utf-8", "surrogateescape"))
     if os.path.isdir("/lib/modules/%s" % kernel) and run_limited(["depmod", "-a", kernel], 300, "depmod")[0] != 0:
         raise RuntimeError("depmod -a %s failed" % kernel)
     message = "rolled back at boot: the deployment of %s (version %s) begun %s did not finish; %s" % (
@@ -636,9 +639,10 @@ def read(path, default=""):
 
 
 def read_text(path):
-    """The text of PATH as it is (not stripped), or None when there is none."""
+    """The text of PATH as it is (not stripped), or None when there is none: its bytes, line ends and all, a byte
+    that is no UTF-8 as a surrogate (TEXT.encode("utf-8", "surrogateescape") gives the bytes back)."""
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
             return handle.read()
     except OSError:
         return None
@@ -837,6 +841,26 @@ class ModuleOnHost(object):
     def params(self):
         """The parameters the module's modprobe.d file gives it (name -> value)."""
         return options_of(self.name, self.read_options())
+
+    def options_elsewhere(self):
+        """The parameters of the wanted ones that another modprobe configuration file gives the module another
+        value of: (file, parameter, its value there), in the order of the files. modprobe applies the options of
+        every file, the value it reads last winning, so such a file may be what the module runs with."""
+        wanted = options_of(self.name, self.wanted_options)
+        found = []
+        for directory in (MODPROBE_DIR,) + OTHER_MODPROBE_DIRS:
+            for path in sorted(glob.glob(os.path.join(directory, "*.conf"))):
+                if path == self.options_file:
+                    continue
+                for line in (read_text(path) or "").splitlines():
+                    words = line.split()  # module and parameter names: kmod and the kernel take '-' for '_'
+                    if words[:1] != ["options"] or len(words) < 2 or words[1].replace("-", "_") != self.name:
+                        continue
+                    for key, _, value in (word.partition("=") for word in words[2:]):
+                        key = key.replace("-", "_")
+                        if key in wanted and value != wanted[key]:
+                            found.append((path, key, value))
+        return found
 
     def live_params(self, names):
         """The values the loaded module shows for the parameters NAMES, of those it shows and that can be read
@@ -1037,8 +1061,8 @@ class ModuleOnHost(object):
 
     def write_options(self, text):
         """The module's modprobe.d file holds TEXT (durably), or is gone (None)."""
-        if text is not None:
-            write_durably(self.options_file, text)
+        if text is not None:  # the bytes read_text read (a hand-edited file's), or ours
+            write_durably(self.options_file, text.encode("utf-8", "surrogateescape"))
         elif os.path.lexists(self.options_file):
             os.unlink(self.options_file)
             fsync_directory(os.path.dirname(self.options_file))

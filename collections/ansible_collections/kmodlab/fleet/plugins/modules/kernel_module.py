@@ -22,7 +22,9 @@ description:
     check fails gets back the file exactly as it was (or none) and the module loaded with the previous
     parameters. The same parameters again change nothing. The loaded module is taken to run with the
     file's parameters (one loaded by hand with others is not told apart); M(kmodlab.fleet.module_status)
-    shows both. C(--diff) shows the file's change.
+    shows both. C(--diff) shows the file's change. Another modprobe configuration file that gives one of
+    O(params) another value (modprobe applies every file's options, the value it reads last winning) is warned
+    of.
   - With O(prebuilt), the build of another host of the same kernel release is received instead; it is
     written to O(build_dir) only when its vermagic equals the running kernel's (read from one of the
     kernel's own modules); otherwise the step fails before anything is installed, as a failed build does.
@@ -500,9 +502,11 @@ class KernelModule(object):
         diffs = source_diffs(self.module.params["build_dir"], self.files) if WRITE in plan else []
         if OPTIONS in plan or REMOVE_OPTIONS in plan:
             path = self.host.options_file
+            before = self.host.read_options()
+            if plan[:1] == [RECOVER] and self.module.check_mode:  # (else it ran): from the file it puts back
+                before = self.host.journal_before().get("options", before)
             after = self.host.wanted_options if OPTIONS in plan else None
-            diffs.append({"before_header": path, "after_header": path, "before": self.host.read_options() or "",
-                          "after": after or ""})  # fmt: skip
+            diffs.append({"before_header": path, "after_header": path, "before": before or "", "after": after or ""})
         return diffs
 
     def main(self):
@@ -522,6 +526,14 @@ class KernelModule(object):
             self.fail(str(err))
         self.result["actions"] = plan
         self.result["changed"] = bool(plan)
+        if present and self.host.wanted_options:
+            wanted = options_of(self.name, self.host.wanted_options)
+            for path, key, value in self.host.options_elsewhere():
+                self.module.warn(
+                    "%s: %s also gives it %s=%s (params: %s=%s); modprobe applies the options of every file, the value "
+                    "it reads last winning (files in the order of their names), so the module may run with that one: "
+                    "status.yml shows the values it runs with" % (self.name, path, key, value, key, wanted[key])
+                )
         if self.module._diff:
             self.result["diff"] = self.diffs(plan)
             if not self.result["diff"]:

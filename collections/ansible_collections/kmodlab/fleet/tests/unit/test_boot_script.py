@@ -205,7 +205,16 @@ def test_an_unfinished_first_deployment_is_rolled_back_to_nothing_at_boot(tmp_pa
     assert "there was no previous module" in record(root)["rolled_back"]
 
 
-@pytest.mark.parametrize("before", ["# kmodlab\noptions m  greeting=hi\n\n", None], ids=["a file", "none"])
+@pytest.mark.parametrize(
+    "before",
+    [
+        "# kmodlab\noptions m  greeting=hi\n\n",
+        "# kmodlab\r\noptions m greeting=hi\r\n",
+        "# \udce9\noptions m x=1\n",
+        None,
+    ],
+    ids=["a file", "crlf", "latin-1 (as the journal holds bytes that are no UTF-8)", "none"],
+)
 def test_an_unfinished_parameter_change_is_rolled_back_at_boot_before_the_load(tmp_path, before):
     """The machine stopped during a deployment that changed the parameters only: the boot puts the modprobe.d
     file back exactly as it was (or removes the one the deployment wrote) before its modprobe, which applies it."""
@@ -220,7 +229,8 @@ def test_an_unfinished_parameter_change_is_rolled_back_at_boot_before_the_load(t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith("rolled back at boot: the deployment of m (version old)")
     conf = root / "etc/modprobe.d/kmodlab-m.conf"
-    assert (conf.read_text() if conf.exists() else None) == before
+    wanted = before.encode("utf-8", "surrogateescape") if before else None
+    assert (conf.read_bytes() if conf.exists() else None) == wanted
     assert (root / "etc/modprobe.d/other.conf").read_text() == "options other x=1\n"
     assert log == f"depmod -a {KERNEL}\nm\n"  # the files first, then the load
     assert not list((root / "state/journal").iterdir())

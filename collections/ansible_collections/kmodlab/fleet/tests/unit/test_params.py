@@ -192,6 +192,26 @@ def test_a_failed_check_after_a_parameter_change_rolls_back_the_file_exactly_and
     assert host.files()["installed"] == b"old" and host.files()["boot entry"]
 
 
+@pytest.mark.parametrize(
+    "by_hand",
+    [
+        b"# by hand\r\noptions m greeting=hi\r\n",
+        b"options m greeting=hi\rx\n",
+        b"# \xe9dit\xe9\noptions m greeting=hi\n",
+    ],
+    ids=["crlf", "cr", "latin-1"],
+)
+def test_the_rollback_puts_back_the_bytes_of_the_file_whatever_its_line_ends_and_encoding(root, by_hand):
+    """The file is read and written as bytes: a CR or a byte that is no UTF-8 neither crashes the run nor comes back
+    changed."""
+    deployed(root, {"greeting": "hi"})
+    path = root / "etc/modprobe.d/kmodlab-m.conf"
+    path.write_bytes(by_hand)
+    host, done = deploy(root, {"greeting": "fails"})
+    assert done.failed and done.result["actions"] == [OPTIONS, UNLOAD, LOAD], done.result
+    assert path.read_bytes() == by_hand and host.read_journal() is None
+
+
 def test_a_failed_first_parameters_leave_no_file(root):
     """No parameters before (no file): the rollback removes the file and loads the module without any."""
     deployed(root, {})
@@ -247,14 +267,48 @@ def test_a_run_that_died_after_writing_the_parameters_is_rolled_back_first(root,
         patch.setattr(ParamHost, "set_options", set_and_die)
         deploy(root, {"greeting": "hello"})
     assert conf(root).endswith("\noptions m greeting=hello\n")
-    host, done = deploy(root, {"greeting": "hello"}, check_mode=True)
+    host, done = deploy(root, {"greeting": "hello"}, check_mode=True, diff=True)
     assert done.result["actions"] == [RECOVER, OPTIONS, UNLOAD, LOAD]
+    # --diff shows the change from the file the rollback puts back, not from the one the dead run wrote.
+    [change] = done.result["diff"]
+    assert (change["before"], change["after"]) == (options_text("m", {"greeting": "hi"}), conf(root))
     host, done = deploy(root, {"greeting": "hello"})
     assert not done.failed and done.result["actions"] == [RECOVER, OPTIONS, UNLOAD, LOAD]
     assert done.result["recovered"].endswith("the previous m (version old) is loaded and answers with its previous "
                                              "parameters (greeting=hi)")  # fmt: skip
     assert host.loads == [{"greeting": "hi"}, {"greeting": "hello"}] and host.live() == {"greeting": "hello"}
     assert host.read_journal() is None
+
+
+def test_a_parameter_another_modprobe_d_file_sets_otherwise_is_warned_of(root):
+    """modprobe applies the options of every configuration file, the last one read winning: a file set by hand
+    that gives one of params another value may be what the module runs with. The run says so (it cannot tell
+    which value the module took: status.yml shows it); one that agrees, or sets another parameter, is no matter."""
+    (root / "etc/modprobe.d").mkdir(parents=True)
+    (root / "etc/modprobe.d/zz-local.conf").write_text("# by hand\noptions m count=5 debug=1\n")
+    (root / "lib/modprobe.d").mkdir(parents=True)
+    (root / "lib/modprobe.d/m.conf").write_text("options m greeting=hi\noptions m-x count=7\n")
+    (root / "etc/modprobe.d/kmodlab-other.conf").write_text("options other count=9\n")
+    module = FakeAnsibleModule(root, params={"greeting": "hi", "count": 2})
+    module.params["files"] = SOURCE
+    km = KernelModule(module)
+    km.host = ParamHost(root, module)
+    with pytest.raises(Exit) as done:
+        km.main()
+    assert not done.value.failed, done.value.result
+    assert module.warnings == [
+        "m: %s also gives it count=5 (params: count=2); modprobe applies the options of every file, the value it "
+        "reads last winning (files in the order of their names), so the module may run with that one: "
+        "status.yml shows the values it runs with" % (root / "etc/modprobe.d/zz-local.conf")
+    ]
+    # No params: kmodlab sets none, and warns of none.
+    module = FakeAnsibleModule(root)
+    module.params["files"] = SOURCE
+    km = KernelModule(module)
+    km.host = ParamHost(root, module)
+    with pytest.raises(Exit):
+        km.main()
+    assert module.warnings == []
 
 
 def test_status_shows_the_parameters_and_their_live_values_and_drift(root, monkeypatch):

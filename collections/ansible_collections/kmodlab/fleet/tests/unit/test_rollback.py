@@ -63,6 +63,7 @@ def root(tmp_path, monkeypatch):
     }
     for name, path in paths.items():
         monkeypatch.setattr(kh, name, str(root / path))
+    monkeypatch.setattr(kh, "OTHER_MODPROBE_DIRS", (str(root / "run/modprobe.d"), str(root / "lib/modprobe.d")))
     (root / "proc/sys/kernel/random").mkdir(parents=True)
     (root / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
     (root / "kdir").mkdir()
