@@ -251,7 +251,7 @@ def story(request, tmp_path_factory):
     machine = Lab(fleet.lab_name).machine(panicked)
     h = fleet.hosts[killed]
     # The load of this deploy is the next INIT_WAITS in the kernel log: one of an earlier story on this boot (a
-    # session that failed before the reboot below) must not count for it.
+    # session that failed before this machine rebooted) must not count for it.
     waits = lambda: h.run("dmesg --facility=kern").stdout.count(INIT_WAITS)  # noqa: E731
     waits_before = waits()
     command = [*playbook_command(request), "--limit", f"{killed},{panicked}"]
