@@ -6,12 +6,12 @@ DOCUMENTATION = r"""
 ---
 name: source_files
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 short_description: Read the source files of a directory on the controller, base64-encoded
 description:
   - Returns one dictionary, file name to base64-encoded content, of the files directly in a directory
-    on the controller whose names match O(patterns), as the O(files) option of
-    M(kmodlab.fleet.kernel_module) and M(kmodlab.fleet.syscall_exercise) takes them.
+    on the controller whose names match O(patterns), as the options O(kmodlab.fleet.kernel_module#module:files) and
+    O(kmodlab.fleet.syscall_exercise#module:files) take them.
   - A matching entry that is a symbolic link, a device file, a FIFO or a socket is refused with an
     error naming it, so nothing from outside the directory is ever shipped. Subdirectories are not read.
 options:

@@ -21,9 +21,9 @@ import shutil
 import time
 
 from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, deadline, durable
-from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  # noqa: F401 (StepFailed, Stuck: re-exported)
-    StepFailed,
-    Stuck,
+from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import (  # noqa: F401 # pylint: disable=unused-import
+    StepFailed,  # re-exported: the modules and tests import it from here
+    Stuck,  # re-exported, as StepFailed
     TimedOut,
     run_limited,
 )
@@ -449,6 +449,8 @@ sys.exit(boot())
 def _source_of(module):
     """The source of MODULE as it was imported (a file here, the zip Ansible ships a module in on a host)."""
     text = module.__spec__.loader.get_source(module.__spec__.name)
+    if isinstance(text, bytes):  # Ansible's collection loader (on the controller) gives the bytes of the file
+        text = text.decode("utf-8")
     if not text:
         raise ImportError("no source of %s to write into the boot script" % module.__name__)
     return text
@@ -856,7 +858,7 @@ class ModuleOnHost(object):
                     words = line.split()  # module and parameter names: kmod and the kernel take '-' for '_'
                     if words[:1] != ["options"] or len(words) < 2 or words[1].replace("-", "_") != self.name:
                         continue
-                    for key, _, value in (word.partition("=") for word in words[2:]):
+                    for key, _equals, value in (word.partition("=") for word in words[2:]):
                         key = key.replace("-", "_")
                         if key in wanted and value != wanted[key]:
                             found.append((path, key, value))
@@ -989,7 +991,7 @@ class ModuleOnHost(object):
                 )
         except StepFailed as err:
             if log:
-                self.record_build(builds.FAILED, str(err).split("\n")[0])
+                self.record_build(builds.FAILED, str(err).split("\n", 1)[0])
             raise
         update_manifest(self.build_dir, {"built_for": self.kernel})
         if log:
@@ -1190,7 +1192,7 @@ class ModuleOnHost(object):
         elsewhere (/opt/m) does not make its parent kmodlab's.
         """
         directories = glob.glob(os.path.join(MODULES_ROOT, "*", "updates"))
-        directories += [directory for directory, _, _ in os.walk(STATE_DIR, topdown=False)]
+        directories += [directory for directory, _subdirs, _files in os.walk(STATE_DIR, topdown=False)]
         directories += [AUTOLOAD_DIR, os.path.dirname(AUTOLOAD_DIR), os.path.dirname(HEADER_POSTINST_HOOK)]
         build_root = os.path.dirname(self.build_dir.rstrip("/"))
         if os.path.basename(build_root) == "kmodlab":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import tempfile
 import time
@@ -60,7 +61,7 @@ def _parse(data):
     owner, since = lease.get("owner"), lease.get("since")
     if not isinstance(owner, str) or isinstance(since, bool) or not isinstance(since, (int, float)):
         return None
-    if since != since or since in (float("inf"), float("-inf")):
+    if not math.isfinite(since):
         return None  # NaN or infinite: no time
     return {"owner": owner, "since": since}
 
@@ -181,7 +182,7 @@ def renew(path, owner):
 def release(path, owner):
     """Give the lock back if OWNER holds it; return whether it did."""
     with _guarded(path):
-        lease, _ = _inspect(path)
+        lease = _inspect(path)[0]
         if lease and lease["owner"] == owner:
             os.unlink(path)
             return True

@@ -29,7 +29,7 @@ options:
 extends_documentation_fragment:
   - kmodlab.fleet.lock
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 """
 
 EXAMPLES = r"""

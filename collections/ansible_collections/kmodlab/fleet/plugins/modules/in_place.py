@@ -56,7 +56,7 @@ options:
 extends_documentation_fragment:
   - kmodlab.fleet.lock
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 """
 
 EXAMPLES = r"""

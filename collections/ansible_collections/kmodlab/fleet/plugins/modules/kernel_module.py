@@ -162,7 +162,7 @@ options:
     type: dict
     default: {}
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -29,7 +29,7 @@ options:
     elements: dict
     required: true
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -35,7 +35,7 @@ options:
     type: int
     default: 5
 author:
-  - kmodlab
+  - kmodlab (!UNKNOWN)
 """
 
 EXAMPLES = r"""

@@ -82,7 +82,9 @@ def run_script(tmp_path, entries: dict[str, dict | str], boot_id="boot-1", crash
         (bin_dir / tool).chmod(0o755)
     log = tmp_path / "log"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log), CRASH=crash)
-    proc = subprocess.run([sys.executable, "-c", prelude + script, *args], capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + script, *args], capture_output=True, text=True, env=env, check=False
+    )
     return proc, (log.read_text() if log.exists() else ""), root
 
 
@@ -439,12 +441,14 @@ def test_the_hook_never_fails_the_kernels_installation_and_writes_only_to_stderr
     hook_file = tmp_path / "kmodlab"
     hook_file.write_text(KERNEL_HOOK_TEXT.replace(BOOT_SCRIPT, str(script)))
     hook_file.chmod(0o755)
-    proc = subprocess.run([str(hook_file), NEW, f"/boot/vmlinuz-{NEW}"], input="y\n", capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(hook_file), NEW, f"/boot/vmlinuz-{NEW}"], input="y\n", capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 0 and proc.stdout == ""
     assert proc.stderr.startswith(f"args: --kernel-installed {NEW}\n") and "read stdin" not in proc.stderr
     assert ("kmodlab: not every module was built for kernel" in proc.stderr) is bool(script_rc)
     script.unlink()  # kmodlab was removed, the hook left: nothing to do
-    proc = subprocess.run([str(hook_file), NEW], capture_output=True, text=True)
+    proc = subprocess.run([str(hook_file), NEW], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and proc.stdout == proc.stderr == ""
 
 

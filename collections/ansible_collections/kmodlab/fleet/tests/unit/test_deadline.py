@@ -112,7 +112,9 @@ def test_a_run_that_left_a_child_behind_returns_to_its_caller():
     holds no pipe of it, so that end comes when the run exits, not when the child does."""
     env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=10, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=10, env=env, check=False
+    )
     pid = int(proc.stdout.split()[0])
     try:
         assert time.monotonic() - start < 8
@@ -208,6 +210,6 @@ def test_the_boot_script_is_made_in_a_module_run_from_a_zip(tmp_path):
         "assert kmod_host.__loader__.__class__.__name__ == 'zipimporter', kmod_host.__loader__;"
         "print(kmod_host.BOOT_SCRIPT_TEXT, end='')"
     )
-    proc = subprocess.run([sys.executable, "-I", "-c", code, str(payload)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(payload)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == kmod_host.BOOT_SCRIPT_TEXT

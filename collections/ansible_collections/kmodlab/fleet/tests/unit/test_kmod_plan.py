@@ -164,7 +164,7 @@ def test_without_install_a_new_build_or_another_loaded_build_is_reloaded():
     assert plan_present("m", deployed(**loaded), install=False) == []
     assert plan_present("m", deployed(sources_current=False, **loaded), install=False) == [WRITE, BUILD, UNLOAD, LOAD]
     # Another build of the module is loaded (a deployed one, say): the build in build_dir takes its place.
-    assert plan_present("m", deployed(**dict(loaded, built_srcversion="SRC-B")), install=False) == [UNLOAD, LOAD]
+    assert plan_present("m", deployed(**{**loaded, "built_srcversion": "SRC-B"}), install=False) == [UNLOAD, LOAD]
     with pytest.raises(Refusal):
         plan_present("m", deployed(sources_current=False, refcnt="1", **loaded), install=False)
 

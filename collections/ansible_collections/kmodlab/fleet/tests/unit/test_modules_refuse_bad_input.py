@@ -25,7 +25,11 @@ def run_module(name: str, args: dict, tmp_path: Path, check_mode: bool = False) 
     argfile.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": args}))
     env = dict(os.environ, PYTHONPATH=str(COLLECTIONS))
     proc = subprocess.run(
-        [sys.executable, str(MODULES / f"{name}.py"), str(argfile)], capture_output=True, text=True, env=env
+        [sys.executable, str(MODULES / f"{name}.py"), str(argfile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
     )
     return json.loads(proc.stdout)
 

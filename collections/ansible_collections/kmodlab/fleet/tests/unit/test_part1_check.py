@@ -24,7 +24,7 @@ class Module:
         return shutil.which(name)
 
     def run_command(self, argv):
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         return proc.returncode, proc.stdout, proc.stderr
 
 

@@ -68,7 +68,9 @@ def test_the_vermagic_is_read_from_the_modinfo_section(tmp_path):
     assert modinfo_field(str(path), "license") == "GPL"
     assert modinfo_field(str(path), "srcversion") == ""
     if shutil.which("modinfo"):
-        shown = subprocess.run(["modinfo", "-F", "vermagic", str(path)], capture_output=True, text=True).stdout
+        shown = subprocess.run(
+            ["modinfo", "-F", "vermagic", str(path)], capture_output=True, text=True, check=False
+        ).stdout
         assert shown.rstrip("\n") == OURS
     (tmp_path / "x.ko").write_bytes(b"not an ELF file")
     assert modinfo_field(str(tmp_path / "x.ko"), "vermagic") == ""
