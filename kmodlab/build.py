@@ -34,7 +34,7 @@ import yaml
 from kmodlab import LabError, require_tool
 from kmodlab.distros import Distro
 from kmodlab.images import build_log, cache_dir, log_tail, remove_tree, run_in_own_group
-from kmodlab.paths import checkout_path
+from kmodlab.paths import collection_path
 from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 
@@ -66,8 +66,8 @@ def build_roots_dir() -> Path:
 
 
 def source_patterns() -> list[str]:
-    """The files of a module's directory that are its sources (roles/kernel_module/defaults): what a build sees."""
-    defaults = yaml.safe_load(checkout_path("roles", "kernel_module", "defaults", "main.yml").read_text())
+    """The files of a module's directory that are its sources (the role kernel_module's defaults): what a build sees."""
+    defaults = yaml.safe_load(collection_path("roles", "kernel_module", "defaults", "main.yml").read_text())
     return list(defaults["kernel_module_src_patterns"])
 
 

@@ -42,7 +42,7 @@ from kmodlab.distros import get_distro
 from kmodlab.kernel_log import NOTES_PROPERTY
 from kmodlab.lab import ADDRESS, Lab
 from kmodlab.mirror import find_mirror
-from kmodlab.paths import checkout_path, default_inventory, program
+from kmodlab.paths import checkout_path, collection_path, default_inventory, program
 from kmodlab.progress import say
 
 FLEET = Path("tests") / "fleet"
@@ -87,15 +87,15 @@ def safe(word: object) -> str:
 def use_our_part1_harness(root: Path) -> None:
     """Give a submission's syscalls/ the reference's Makefile and check script (without -Werror): the
     assignment asks students for empty.c and part1.c only, and their own harness must not decide."""
-    reference = checkout_path("module_src", SYSCALLS)
+    reference = collection_path("module_src", SYSCALLS)
     makefile = (reference / "Makefile").read_text().replace(" -Werror", "")
     (root / SYSCALLS / "Makefile").write_text(makefile)
     (root / SYSCALLS / "check-traces.sh").write_text((reference / "check-traces.sh").read_text())
 
 
 def kmodlab_modules() -> list[dict]:
-    """The modules deploy.yml deploys (roles/kmodlab/defaults): the module parts of a submission."""
-    defaults = yaml.safe_load(checkout_path("roles", "kmodlab", "defaults", "main.yml").read_text())
+    """The modules deploy.yml deploys (the role kmodlab.fleet.kmodlab's defaults): the module parts of a submission."""
+    defaults = yaml.safe_load(collection_path("roles", "kmodlab", "defaults", "main.yml").read_text())
     return defaults["kmodlab_modules"]
 
 

@@ -1,8 +1,10 @@
 """Where kmodlab's files are: the checkout's, and the lab's state (one home per fact).
 
 - The package's own files (rubric.yml, guest/) sit beside its modules and are found from them.
-- The checkout's files (ansible.cfg, roles/, playbooks/, module_src/, tests/fleet/) exist only when this
-  package runs from a clone of the repository (`python -m kmodlab`, or an editable install): checkout_path.
+- The checkout's files (ansible.cfg, the collection kmodlab.fleet with the roles, playbooks and module_src/,
+  tests/fleet/) exist only when this package runs from a clone of the repository (`python -m kmodlab`, or an
+  editable install): checkout_path, collection_path. (roles/, playbooks/ and module_src/ at the top are the
+  checkout's entry points into the collection: links and plays that import its plays.)
 - The lab's state (disks, ssh keys, the default lab's inventory): KMODLAB_HOME if set; else .lab/ in the
   checkout (molecule reads .lab/molecule/ there); else, from an installed package, the user's state
   directory ($XDG_STATE_HOME/kmodlab, else ~/.local/state/kmodlab), never inside site-packages.
@@ -20,6 +22,8 @@ PACKAGE = Path(__file__).resolve().parent
 # What tells a checkout from the directory an installed package sits in (site-packages).
 CHECKOUT_MARKERS = ("ansible.cfg", "roles", "playbooks", "pyproject.toml")
 STATE_NAME = "kmodlab"
+# Where the collection kmodlab.fleet (roles, playbooks, module sources, plugins) is in the checkout.
+COLLECTION = ("collections", "ansible_collections", "kmodlab", "fleet")
 
 
 def checkout_of(package: Path) -> Path | None:
@@ -49,6 +53,11 @@ def checkout_path(*parts: str) -> Path:
             f"({PACKAGE}): run it from a clone of the repository (`python -m kmodlab ...` there)"
         )
     return root.joinpath(*parts)
+
+
+def collection_path(*parts: str) -> Path:
+    """The file PARTS of the checkout's collection kmodlab.fleet (see checkout_path)."""
+    return checkout_path(*COLLECTION, *parts)
 
 
 def state_home_for(environ: Mapping[str, str], root: Path | None) -> Path:

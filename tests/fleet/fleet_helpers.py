@@ -16,13 +16,15 @@ import yaml
 from kmodlab import kernel_log
 
 REPO = Path(__file__).resolve().parents[2]
+# The collection kmodlab.fleet: the roles (their defaults), the playbooks, module_src/.
+COLLECTION = REPO / "collections" / "ansible_collections" / "kmodlab" / "fleet"
 # When the session began, for progress(): set at the first step said.
 STARTED = pytest.StashKey[float]()
 
 
 def role_defaults(role: str) -> dict:
     """A role's defaults/main.yml: where the playbooks take the module list and the paths from."""
-    return yaml.safe_load((REPO / "roles" / role / "defaults" / "main.yml").read_text())
+    return yaml.safe_load((COLLECTION / "roles" / role / "defaults" / "main.yml").read_text())
 
 
 # Module name -> its /proc entry, as deploy.yml deploys them by default.

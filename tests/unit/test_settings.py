@@ -1,4 +1,4 @@
-"""The user's settings: one home (roles/kmodlab), validated at the start, documented in the README as declared."""
+"""The user's settings: one home (the role kmodlab.fleet.kmodlab), validated at the start, documented in the README."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-ROLE = REPO / "roles" / "kmodlab"
+COLLECTION = REPO / "collections" / "ansible_collections" / "kmodlab" / "fleet"
+ROLE = COLLECTION / "roles" / "kmodlab"
+# The plays: the collection's, and the checkout's entry points that import them.
+PLAYBOOKS = [*REPO.glob("*.yml"), *(REPO / "playbooks").rglob("*.yml"), *(COLLECTION / "playbooks").rglob("*.yml")]
 SPEC = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
 DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
@@ -27,7 +30,7 @@ def readme_variables() -> dict[str, str]:
 def test_every_setting_has_one_default_and_one_declaration():
     """defaults/main.yml and argument_specs.yml name the same settings, and no playbook defaults them again."""
     assert set(DEFAULTS) == set(SPEC)
-    for playbook in [*REPO.glob("*.yml"), *(REPO / "playbooks").rglob("*.yml")]:
+    for playbook in PLAYBOOKS:
         assert "default(" not in playbook.read_text(), playbook
 
 
@@ -39,7 +42,7 @@ def test_readme_table_matches_the_argument_specs():
 def test_no_playbook_names_a_group_or_a_module():
     """Rollout and module list come from the role's settings, not from names written in the playbooks."""
     names = [m["name"] for m in DEFAULTS["kmodlab_modules"]]
-    for playbook in [*REPO.glob("*.yml"), *(REPO / "playbooks").rglob("*.yml")]:
+    for playbook in PLAYBOOKS:
         text = playbook.read_text()
         assert not re.search(r"groups\[(?!'all'\])", text), playbook
         assert "'lab'" not in text, playbook
