@@ -10,14 +10,15 @@ export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 
 step() { printf '\n==> [%s, %d s in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
-step "linters: yamllint, ansible-lint (production), ruff"
+step "linters: yamllint, ansible-lint (production), ruff, ansible-test sanity (the collection)"
 yamllint --strict .
 ansible-lint --offline --nocolor
 ruff check .
 ruff format --check .
+scripts/sanity.sh
 
 step "pytest: unit tests (lab, settings, collection), module_src build/checkpatch/Part I, lab integration"
-pytest -v --durations=25 tests/unit collections/ansible_collections/kmodlab/fleet/tests tests/module_src tests/lab
+pytest -v --durations=25 tests/unit collections/ansible_collections/kmodlab/fleet/tests/unit tests/module_src tests/lab
 
 step "molecule test (converge, idempotence, fleet tests, removal)"
 molecule test
