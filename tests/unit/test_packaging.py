@@ -236,31 +236,192 @@ def test_up_says_where_the_inventory_is(monkeypatch, tmp_path, capsys):
     assert f"inventory: {tmp_path / 'fleet.yml'}" in capsys.readouterr().err
 
 
-def test_collection_tarball_is_clean_and_of_the_same_version(tmp_path):
-    galaxy = shutil.which("ansible-galaxy", path=str(Path(sys.executable).parent)) or shutil.which("ansible-galaxy")
-    if galaxy is None:
-        pytest.skip("ansible-galaxy is not installed")
-    source = tmp_path / "fleet"
-    shutil.copytree(COLLECTION, source)
-    # What running the tests leaves in a checkout's collection.
-    for junk in ("plugins/module_utils/__pycache__/kmod.cpython-311.pyc", "tests/unit/__pycache__/x.pyc"):
+# What using the checkout leaves in the collection: bytecode and test caches, ansible-test's output, and a build of
+# module_src/ by hand (kbuild's objects and records, Part I's programs and traces).
+COLLECTION_JUNK = (
+    "plugins/module_utils/__pycache__/kmod.cpython-311.pyc",
+    "tests/unit/__pycache__/x.pyc",
+    ".pytest_cache/v/x",
+    "tests/output/bot/ansible-test-sanity-pylint.json",
+    "module_src/hello/hello.o",
+    "module_src/hello/hello.ko",
+    "module_src/hello/.hello.o.cmd",
+    "module_src/hello/hello.mod.c",
+    "module_src/hello/Module.symvers",
+    "module_src/hello/modules.order",
+    "module_src/syscalls/part1",
+    "module_src/syscalls/empty",
+    "module_src/syscalls/part1.trace",
+)
+# The playbooks a user runs as kmodlab.fleet.<name> (grade: the grader's).
+PLAYBOOKS = ("deploy", "remove", "status", "grade")
+
+
+def ansible_program(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        pytest.skip(f"{name} is not installed")
+    return found
+
+
+def collection_files() -> list[str]:
+    """The files of the checkout's collection that git tracks (what a clean clone has), relative to it."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", "."], cwd=COLLECTION, capture_output=True, check=True, timeout=60
+    ).stdout.decode()
+    return sorted(name for name in listed.split("\0") if name)
+
+
+@pytest.fixture(scope="module")
+def tarball(tmp_path_factory) -> Path:
+    """The collection's tarball, built by ansible-galaxy from a copy of the collection with the junk above in it."""
+    galaxy = ansible_program("ansible-galaxy")
+    top = tmp_path_factory.mktemp("collection")
+    source = top / "fleet"
+    shutil.copytree(COLLECTION, source, ignore=shutil.ignore_patterns("__pycache__", "output", ".pytest_cache"))
+    for junk in COLLECTION_JUNK:
         (source / junk).parent.mkdir(parents=True, exist_ok=True)
         (source / junk).write_bytes(b"")
-    (source / ".pytest_cache").mkdir()
     result = subprocess.run(
-        [galaxy, "collection", "build", str(source), "--output-path", str(tmp_path / "out")],
-        cwd=tmp_path,
+        [galaxy, "collection", "build", str(source), "--output-path", str(top / "out")],
+        cwd=top,
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    with tarfile.open(tmp_path / "out" / f"kmodlab-fleet-{VERSION}.tar.gz") as tarball:
-        names = tarball.getnames()
-        manifest = json.load(tarball.extractfile("MANIFEST.json"))
-        files = json.load(tarball.extractfile("FILES.json"))
-    assert not [name for name in names if any(junk in name for junk in JUNK)], names
-    assert not [f["name"] for f in files["files"] if any(junk in f["name"] for junk in JUNK)]
+    assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return top / "out" / f"kmodlab-fleet-{VERSION}.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def installed_collection(tarball, tmp_path_factory) -> Path:
+    """The tarball installed by ansible-galaxy into a directory of its own: the collections path to give Ansible."""
+    where = tmp_path_factory.mktemp("collections")
+    result = subprocess.run(
+        [ansible_program("ansible-galaxy"), "collection", "install", str(tarball), "-p", str(where)],
+        cwd=where,
+        env=outside_ansible_env(where, where),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return where
+
+
+def outside_ansible_env(home: Path, collections: Path) -> dict[str, str]:
+    """Ansible as a user outside the checkout runs it: no ansible.cfg of ours, only COLLECTIONS as collections."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    return dict(env, HOME=str(home), ANSIBLE_COLLECTIONS_PATH=str(collections), ANSIBLE_NOCOLOR="1")
+
+
+def test_collection_tarball_is_clean_and_of_the_same_version(tarball):
+    with tarfile.open(tarball) as archive:
+        names = archive.getnames()
+        manifest = json.load(archive.extractfile("MANIFEST.json"))
+        files = json.load(archive.extractfile("FILES.json"))
+    junk = [name for name in names if any(part in name for part in JUNK) or name in COLLECTION_JUNK]
+    assert not junk, junk
+    assert not [f["name"] for f in files["files"] if any(part in f["name"] for part in JUNK)]
+    assert not [name for name in names if name.startswith("tests/output")]
     assert manifest["collection_info"]["version"] == VERSION
     assert "plugins/modules/kernel_module.py" in names
+
+
+def test_collection_tarball_holds_the_roles_the_playbooks_and_the_module_sources(tarball):
+    """Every file git tracks in the collection is in the tarball: the roles (each role of roles/), the playbooks,
+    module_src/ (the roles' default sources), the plugins; and nothing else but galaxy's own metadata."""
+    with tarfile.open(tarball) as archive:
+        members = {member.name: member for member in archive.getmembers()}
+    files = {name for name, member in members.items() if member.isfile()}
+    tracked = set(collection_files()) - {"galaxy.yml"}  # galaxy.yml becomes MANIFEST.json
+    assert tracked - files == set(), "tracked files the tarball lacks"
+    assert files - tracked == {"MANIFEST.json", "FILES.json"}, "files the tarball has that git does not track"
+    roles = {path.name for path in (REPO / "roles").iterdir() if path.is_dir()}
+    assert roles >= {"kmodlab", "kbuild_env", "kernel_module", "syscall_exercise"}
+    for role in roles:
+        assert f"roles/{role}/tasks/main.yml" in files, role
+        assert f"roles/{role}/meta/argument_specs.yml" in files, role
+    assert {f"playbooks/{name}.yml" for name in PLAYBOOKS} <= files
+    assert {"module_src/hello/hello.c", "module_src/my_timer/my_timer.c", "module_src/syscalls/part1.c"} <= files
+    assert not [name for name, member in members.items() if member.issym() or member.islnk()]
+
+
+def test_the_checkouts_roles_and_module_src_are_links_into_the_collection():
+    """One home for the role code and the module sources, the collection; the checkout's roles/<name> and
+    module_src are links to it, and its playbooks import the collection's."""
+    for path in (REPO / "roles").iterdir():
+        if path.name != "README.md":
+            assert path.is_symlink(), f"{path}: the roles live in the collection ({COLLECTION / 'roles'})"
+            assert path.resolve() == COLLECTION / "roles" / path.name
+    assert (REPO / "module_src").is_symlink()
+    assert (REPO / "module_src").resolve() == COLLECTION / "module_src"
+    for name in PLAYBOOKS:
+        plays = yaml.safe_load((REPO / "playbooks" / f"{name}.yml").read_text())
+        assert [play["ansible.builtin.import_playbook"] for play in plays] == [f"kmodlab.fleet.{name}"]
+    for name in ("deploy", "remove"):
+        plays = yaml.safe_load((REPO / f"{name}.yml").read_text())
+        assert [play["ansible.builtin.import_playbook"] for play in plays] == [f"kmodlab.fleet.{name}"]
+
+
+def test_installed_collection_playbooks_pass_a_syntax_check(installed_collection, tmp_path):
+    """After `ansible-galaxy collection install` of the tarball, from a directory outside the checkout:
+    `ansible-playbook kmodlab.fleet.deploy --syntax-check` (and remove, status, grade). No host is contacted."""
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"fleet1": {}, "fleet2": {}}}}))
+    playbooks = [f"kmodlab.fleet.{name}" for name in PLAYBOOKS]
+    result = subprocess.run(
+        [ansible_program("ansible-playbook"), *playbooks, "--syntax-check", "-i", str(inventory)],
+        cwd=tmp_path,
+        env=outside_ansible_env(tmp_path, installed_collection),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    installed = installed_collection / "ansible_collections" / "kmodlab" / "fleet" / "playbooks"
+    for name in PLAYBOOKS:
+        assert f"playbook: {installed / name}.yml" in result.stdout, result.stdout
+
+
+def test_installed_roles_find_their_module_sources(installed_collection, tmp_path):
+    """The roles' default sources ({{ role_path }}/../../module_src) are the installed collection's module_src/:
+    kernel_module's entry point `wanted` reads them on the controller (a local play, writing only in tmp_path)."""
+    play = [
+        {
+            "name": "Read the default sources as deploy.yml does",
+            "hosts": "localhost",
+            "gather_facts": False,
+            "tasks": [
+                {
+                    "name": "Read the modules' sources",
+                    "ansible.builtin.include_role": {"name": "kmodlab.fleet.kernel_module", "tasks_from": "wanted"},
+                    "vars": {"kernel_module_wanted_modules": [{"name": "hello"}, {"name": "my_timer"}]},
+                },
+                {
+                    "name": "Write their names",
+                    "ansible.builtin.copy": {
+                        "content": "{{ kernel_module_wanted | map(attribute='files') | map('list') | list | to_json }}",
+                        "dest": str(tmp_path / "wanted.json"),
+                        "mode": "0644",
+                    },
+                },
+            ],
+        }
+    ]
+    (tmp_path / "play.yml").write_text(yaml.safe_dump(play, sort_keys=False))
+    result = subprocess.run(
+        [ansible_program("ansible-playbook"), "play.yml", "-i", "localhost,", "-c", "local"],
+        cwd=tmp_path,
+        env=dict(outside_ansible_env(tmp_path, installed_collection), ANSIBLE_PYTHON_INTERPRETER=sys.executable),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads((tmp_path / "wanted.json").read_text()) == [["Makefile", "hello.c"], ["Makefile", "my_timer.c"]]
