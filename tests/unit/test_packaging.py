@@ -357,6 +357,8 @@ def test_the_checkouts_roles_and_module_src_are_links_into_the_collection():
         if path.name != "README.md":
             assert path.is_symlink(), f"{path}: the roles live in the collection ({COLLECTION / 'roles'})"
             assert path.resolve() == COLLECTION / "roles" / path.name
+    links = {path.name for path in (REPO / "roles").iterdir() if path.name != "README.md"}
+    assert links == {path.name for path in (COLLECTION / "roles").iterdir()}, "a role of the collection without a link"
     assert (REPO / "module_src").is_symlink()
     assert (REPO / "module_src").resolve() == COLLECTION / "module_src"
     for name in PLAYBOOKS:
