@@ -8,7 +8,10 @@ socket, a name that leads outside the submission (absolute, or with ..), a name 
 UTF-8 or is too long, too many entries or bytes (counted as the archive is read: long-name headers
 too), or a file that cannot be read refuses that submission with a message naming it; the other
 submissions are still read. Nothing is ever extracted by tarfile/zipfile themselves: each regular file
-is read and written here, under the staging directory, so nothing can land elsewhere.
+is read and written here, under the staging directory, so nothing can land elsewhere. tarfile's `data`
+filter is no substitute: it guards extraction only, strips a leading / instead of refusing it, keeps links
+that stay inside, and sets no limit (tests/unit/test_submissions.py shows each); the same checks serve zips
+and directories too.
 """
 
 from __future__ import annotations

@@ -185,49 +185,27 @@ def qemu_command(
     ]  # fmt: skip
 
 
-def _order(char: str) -> int:
-    """A character's weight in Debian's version order: ~ first, then the end, letters, other characters."""
-    if char == "~":
-        return -1
-    if char.isascii() and char.isalpha():
-        return ord(char)
-    return ord(char) + 256
-
-
-def _is_digit(text: str, i: int) -> bool:
-    return i < len(text) and text[i] in "0123456789"
+def _dpkg_says(a: str, relation: str, b: str) -> bool:
+    """Whether `dpkg --compare-versions A RELATION B` holds (exit 0) or not (exit 1)."""
+    result = subprocess.run(
+        ["dpkg", "--compare-versions", a, relation, b], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if result.returncode not in (0, 1):  # 2: a version dpkg refuses (a warning alone still compares)
+        raise LabError(f"dpkg cannot compare the versions {a} and {b}: {result.stderr.strip()}")
+    return result.returncode == 0
 
 
 def compare_versions(a: str, b: str) -> int:
     """Negative, zero or positive as version A is older than, equal to or newer than B, in Debian's order.
 
-    dpkg's comparison of two version parts (verrevcmp): runs of non-digits compare
-    character by character (~ before everything, even the end; letters before other
-    characters), runs of digits compare as numbers. So 6.1.0-9 < 6.1.0-50 < 6.12.48+deb12.
+    dpkg's own comparison (`dpkg --compare-versions`; the controller is a Debian or Ubuntu system, see
+    scripts/setup.sh): runs of non-digits compare character by character (~ before everything, even the end;
+    letters before other characters), runs of digits compare as numbers. So 6.1.0-9 < 6.1.0-50 < 6.12.48+deb12.
     """
-    i = j = 0
-    while i < len(a) or j < len(b):
-        while (i < len(a) and not _is_digit(a, i)) or (j < len(b) and not _is_digit(b, j)):
-            ac = _order(a[i]) if i < len(a) and not _is_digit(a, i) else 0
-            bc = _order(b[j]) if j < len(b) and not _is_digit(b, j) else 0
-            if ac != bc:
-                return ac - bc
-            i, j = i + 1, j + 1
-        while i < len(a) and a[i] == "0":
-            i += 1
-        while j < len(b) and b[j] == "0":
-            j += 1
-        first_difference = 0
-        while _is_digit(a, i) and _is_digit(b, j):
-            first_difference = first_difference or ord(a[i]) - ord(b[j])
-            i, j = i + 1, j + 1
-        if _is_digit(a, i):
-            return 1
-        if _is_digit(b, j):
-            return -1
-        if first_difference:
-            return first_difference
-    return 0
+    require_tool("dpkg", "dpkg")
+    if _dpkg_says(a, "lt", b):
+        return -1
+    return 0 if _dpkg_says(a, "eq", b) else 1
 
 
 def kernel_release(name: str) -> str | None:
@@ -245,7 +223,7 @@ def kernel_release(name: str) -> str | None:
 def newest_kernel(names: Iterable[str]) -> str:
     """The newest kernel release among NAMES (vmlinuz-RELEASE files of a guest's /boot, or bare releases).
 
-    Newest in Debian's version order (like `sort -V`): 6.1.0-9-amd64 < 6.1.0-50-amd64 < 6.12.48+deb12-amd64.
+    Newest in Debian's version order (dpkg's): 6.1.0-9-amd64 < 6.1.0-50-amd64 < 6.12.48+deb12-amd64.
     """
     names = list(names)
     releases = [r for r in map(kernel_release, names) if r]

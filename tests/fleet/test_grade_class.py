@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from fleet_helpers import REPO, hosts_under_test
+from fleet_helpers import REPO, hosts_under_test, progress
 
 sys.path.insert(0, str(REPO / "tests" / "corpus"))
 import make_class  # noqa: E402
@@ -75,7 +75,9 @@ def grade(request, tmp_path_factory, graded_hosts, run: str) -> dict:
     command += ["--check-timeout", "30"]  # the slowest check takes seconds; a hung one should cost little
     command += ["--limit", ",".join(sorted(graded_hosts))]
     command += ["--one-kernel-each"] if run == "one-kernel-each" else []
+    progress(request, f"grading the class of run {run}: {len(RUNS[run])} submissions")
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    (out / "grader.log").write_text(result.stderr)  # its progress lines, with the time of each step
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return {"result": result, "grades": json.loads((out / "grades.json").read_text()), "out": out}
 

@@ -651,7 +651,11 @@ def read_text(path):
 
 
 def elf_section(path, wanted):
-    """The bytes of section WANTED of the ELF64 little-endian file at PATH (b"" when absent or not ELF)."""
+    """The bytes of section WANTED of the ELF64 little-endian file at PATH (b"" when absent or not ELF).
+
+    Read here for the GNU build-id note (file_identity, identities): modinfo does not show it, and readelf
+    (binutils) is not on every host (one that receives its builds, or only reports, needs no compiler).
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -675,18 +679,6 @@ def elf_section(path, wanted):
             offset, size = number(header + 0x18, 8), number(header + 0x20, 8)
             return data[offset : offset + size]
     return b""
-
-
-def modinfo_field(path, field):
-    """FIELD of the uncompressed kernel module at PATH, read from its .modinfo section ("" when absent).
-
-    The section holds NUL-terminated "field=value" entries; modinfo -F FIELD shows the same value.
-    """
-    prefix = field.encode() + b"="
-    for entry in elf_section(path, b".modinfo").split(b"\0"):
-        if entry.startswith(prefix):
-            return entry[len(prefix) :].decode("utf-8", "replace")
-    return ""
 
 
 class ModuleOnHost(object):
@@ -1026,10 +1018,14 @@ class ModuleOnHost(object):
         if os.path.exists(self.built):
             os.unlink(self.built)  # a refused build must not leave the previous .ko looking new
         update_manifest(self.build_dir, {"built_for": None})
-        received = self.built + ".received"
+        # modinfo takes a file for one only when its name ends in .ko (or .ko.xz, ...): <name>.received.ko.
+        received = self.built[: -len(".ko")] + ".received.ko"
         with open(received, "wb") as handle:
             handle.write(data)
-        theirs = modinfo_field(received, "vermagic").strip()
+        try:
+            theirs = self.run(["modinfo", "-F", "vermagic", received], "modinfo").strip()
+        except StepFailed:
+            theirs = ""  # no module modinfo can read: refused below, as a build for no kernel
         ours = self.running_vermagic()
         if theirs != ours:
             os.unlink(received)

@@ -129,32 +129,35 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
 )
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_build, decode_files
 
-DPKG_STATUS = "/var/lib/dpkg/status"
+# dpkg-query's line for each package it knows: its name and its want, error flag and status ("install ok installed").
+DPKG_QUERY_FORMAT = r"${Package}\t${Status}\n"
 
 
-def installed_packages(names, status_path=DPKG_STATUS):
-    """Which of NAMES dpkg has fully installed (its status file, read without starting apt)."""
-    try:
-        with open(status_path) as handle:
-            text = "\n" + handle.read()
-    except OSError:
+def installed_packages(module, names, admindir=None):
+    """Which of NAMES dpkg has fully installed, as dpkg-query reads its database (no lock taken, no apt started).
+
+    ADMINDIR is another dpkg database (dpkg-query --admindir), for tests. A host without dpkg-query has none.
+    """
+    names = list(names)
+    query = module.get_bin_path("dpkg-query")
+    if not names or not query:
         return set()
+    argv = [query] + (["--admindir=%s" % admindir] if admindir else []) + ["-W", "-f=" + DPKG_QUERY_FORMAT, "--"]
+    # rc 1 when some NAMES are unknown to dpkg: the known ones are listed all the same.
+    out = module.run_command(argv + names)[1]
     found = set()
-    for name in names:
-        start = text.find("\nPackage: %s\n" % name)
-        if start < 0:
-            continue
-        end = text.find("\n\n", start + 1)
-        if re.search(r"\nStatus: \S+ ok installed\n", text[start : end if end >= 0 else len(text)] + "\n"):
-            found.add(name)
+    for line in out.splitlines():
+        package, _sep, status = line.partition("\t")
+        if package in names and re.fullmatch(r"\S+ ok installed", status):
+            found.add(package)
     return found
 
 
-def package_reasons(wanted, kernel, headers, status_path=DPKG_STATUS):
+def package_reasons(module, wanted, kernel, headers, admindir=None):
     reasons = []
     if headers:
         wanted = list(wanted) + ["linux-headers-%s" % kernel]
-    have = installed_packages(wanted, status_path)
+    have = installed_packages(module, wanted, admindir)
     reasons += ["package %s is not installed" % name for name in wanted if name not in have]
     if headers and not os.path.isfile("/lib/modules/%s/build/Makefile" % kernel):
         reasons.append("no headers for the running kernel at /lib/modules/%s/build" % kernel)
@@ -229,7 +232,7 @@ def main():
             result["waited"] = err.waited
             module.fail_json(msg=str(err), **result)
     try:
-        reasons = package_reasons(params["packages"], kernel, params["running_kernel_headers"])
+        reasons = package_reasons(module, params["packages"], kernel, params["running_kernel_headers"])
         try:
             for spec in params["modules"]:
                 why, facts = module_reasons(module, spec, params["check_timeout"])

@@ -4,26 +4,76 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 
+import pytest
 from ansible_collections.kmodlab.fleet.plugins.modules.in_place import installed_packages, package_reasons
 from test_modules_refuse_bad_input import run_module
 
+# A dpkg database (its status file) as dpkg-query reads it: each stanza has the fields dpkg requires.
 STATUS = """Package: build-essential
 Status: install ok installed
+Maintainer: kmodlab <kmodlab@mirror.example>
+Architecture: amd64
 Version: 12.9
+Description: build tools
 
 Package: strace
 Status: deinstall ok config-files
+Maintainer: kmodlab <kmodlab@mirror.example>
+Architecture: amd64
 Version: 6.1-0.1
+Description: a tracer, removed, its configuration kept
 
 Package: linux-headers-6.1.0-held-amd64
 Status: hold ok installed
+Maintainer: kmodlab <kmodlab@mirror.example>
+Architecture: amd64
+Version: 6.1.0-1
+Description: headers on hold
+
+Package: linux-headers-6.1.0-half-amd64
+Status: install reinstreq half-installed
+Maintainer: kmodlab <kmodlab@mirror.example>
+Architecture: amd64
+Version: 6.1.0-1
+Description: headers dpkg did not finish unpacking
 
 Package: linux-headers-6.1.0-test-amd64
 Status: install ok installed
+Maintainer: kmodlab <kmodlab@mirror.example>
+Architecture: amd64
+Version: 6.1.0-1
 Description: headers
  Status: install ok installed
 """
+
+
+class Module:
+    """The AnsibleModule calls installed_packages makes: commands run as they are."""
+
+    def get_bin_path(self, name, required=False):
+        return shutil.which(name)
+
+    def run_command(self, argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+class NoDpkg(Module):
+    def get_bin_path(self, name, required=False):
+        return None
+
+
+@pytest.fixture
+def admindir(tmp_path):
+    """A dpkg database of its own (dpkg-query --admindir), holding STATUS."""
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("needs dpkg-query")
+    (tmp_path / "dpkg" / "updates").mkdir(parents=True)
+    (tmp_path / "dpkg" / "status").write_text(STATUS)
+    return str(tmp_path / "dpkg")
 
 
 def probe(tmp_path, check_mode=False, **args):
@@ -36,20 +86,27 @@ def lock_owner(tmp_path):
     return json.loads(path.read_text())["owner"] if path.exists() else None
 
 
-def test_only_fully_installed_packages_count(tmp_path):
-    status = tmp_path / "status"
-    status.write_text(STATUS)
+def test_only_fully_installed_packages_count(admindir):
+    """dpkg-query's word: installed (on hold too); not removed, half-installed, unknown or a prefix of a name."""
     names = ["build-essential", "strace", "linux-headers-6.1.0-test-amd64", "linux-headers-6.1.0-test", "absent",
-             "linux-headers-6.1.0-held-amd64"]  # fmt: skip
-    assert installed_packages(names, str(status)) == {
+             "linux-headers-6.1.0-held-amd64", "linux-headers-6.1.0-half-amd64", "linux-headers-*"]  # fmt: skip
+    assert installed_packages(Module(), names, admindir) == {
         "build-essential",
         "linux-headers-6.1.0-test-amd64",
         "linux-headers-6.1.0-held-amd64",  # on hold (apt-mark hold), installed all the same
     }
-    reasons = package_reasons(["build-essential", "strace"], "6.1.0-test-amd64", True, str(status))
+    reasons = package_reasons(Module(), ["build-essential", "strace"], "6.1.0-test-amd64", True, admindir)
     assert reasons[0] == "package strace is not installed"
     # The package is there, but this controller has no such build directory: not in place either.
     assert reasons[1:] == ["no headers for the running kernel at /lib/modules/6.1.0-test-amd64/build"]
+
+
+def test_a_host_without_dpkg_has_no_package_installed():
+    """No dpkg-query (not a Debian host): each wanted package is reported missing, nothing fails."""
+    assert installed_packages(NoDpkg(), ["build-essential"]) == set()
+    assert package_reasons(NoDpkg(), ["build-essential"], "6.1.0-test-amd64", False) == [
+        "package build-essential is not installed"
+    ]
 
 
 def test_in_place_gives_the_lock_back(tmp_path):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
 import shutil
 import subprocess
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, modinfo_field
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
     decode_build,
@@ -33,8 +35,25 @@ def module_file(tmp_path, vermagic: str) -> bytes:
     return out.read_bytes()
 
 
+# The names kmod's modinfo takes for a file (tools/modinfo.c: is_module_filename); any other is a module's name.
+KMOD_EXTENSIONS = (".ko", ".ko.gz", ".ko.xz", ".ko.zst")
+
+
+def fake_modinfo(argv):
+    """modinfo -F FIELD PATH as kmod answers it: a file only by its extension; the kernel's own (compressed)
+    modules carry the running kernel's vermagic; an uncompressed one shows what its .modinfo holds."""
+    field, path = argv[-2], argv[-1]
+    if not (path.endswith(KMOD_EXTENSIONS) and os.path.isfile(path)):
+        return 1, "", "modinfo: ERROR: Module %s not found.\n" % path
+    if path.endswith(".ko.xz"):
+        return 0, OURS + "\n", ""
+    with open(path, "rb") as handle:
+        values = re.findall(rb"(?:^|\0)%s=([^\0]*)" % field.encode(), handle.read())
+    return 0, "".join(value.decode() + "\n" for value in values), ""
+
+
 class FakeAnsibleModule:
-    """Runs nothing: modinfo -F vermagic of any file answers the running kernel's vermagic."""
+    """Runs nothing: modinfo is fake_modinfo, and each command is kept."""
 
     def __init__(self):
         self.commands = []
@@ -44,7 +63,8 @@ class FakeAnsibleModule:
 
     def run_command(self, argv):
         self.commands.append(argv)
-        return 0, OURS + "\n", ""
+        assert argv[:2] == ["/usr/bin/modinfo", "-F"], argv
+        return fake_modinfo(argv)
 
 
 @pytest.fixture
@@ -60,20 +80,19 @@ def host(tmp_path):
     return on_host
 
 
-def test_the_vermagic_is_read_from_the_modinfo_section(tmp_path):
-    """modinfo_field reads what modinfo -F shows, without modinfo; a file without the section gives ""."""
+@pytest.mark.skipif(shutil.which("modinfo") is None, reason="needs kmod's modinfo")
+def test_modinfo_reads_a_file_by_its_name(tmp_path):
+    """What fake_modinfo stands for: modinfo -F shows a field of a .ko file, and takes x.ko.received for a name."""
     path = tmp_path / "m.ko"
     path.write_bytes(module_file(tmp_path, OURS))
-    assert modinfo_field(str(path), "vermagic") == OURS
-    assert modinfo_field(str(path), "license") == "GPL"
-    assert modinfo_field(str(path), "srcversion") == ""
-    if shutil.which("modinfo"):
-        shown = subprocess.run(
-            ["modinfo", "-F", "vermagic", str(path)], capture_output=True, text=True, check=False
-        ).stdout
-        assert shown.rstrip("\n") == OURS
-    (tmp_path / "x.ko").write_bytes(b"not an ELF file")
-    assert modinfo_field(str(tmp_path / "x.ko"), "vermagic") == ""
+    for field, value in (("vermagic", OURS), ("license", "GPL"), ("srcversion", "")):
+        shown = subprocess.run(["modinfo", "-F", field, str(path)], capture_output=True, text=True, check=False)
+        assert (shown.returncode, shown.stdout.rstrip("\n")) == (0, value) == fake_modinfo(["-F", field, str(path)])[:2]
+    path.rename(tmp_path / "m.ko.received")
+    shown = subprocess.run(
+        ["modinfo", "-F", "vermagic", str(tmp_path / "m.ko.received")], capture_output=True, check=False
+    )
+    assert shown.returncode != 0
 
 
 def test_a_build_with_the_running_kernels_vermagic_is_received(tmp_path, host):
@@ -83,8 +102,9 @@ def test_a_build_with_the_running_kernels_vermagic_is_received(tmp_path, host):
     with open(host.built, "rb") as handle:
         assert handle.read() == data
     assert read_manifest(host.build_dir)["built_for"] == host.kernel
-    [argv] = host.module.commands
-    assert argv == ["/usr/bin/modinfo", "-F", "vermagic", host.kernel_tree + "/drivers/net/dummy.ko.xz"]
+    received, kernels = host.module.commands
+    assert received == ["/usr/bin/modinfo", "-F", "vermagic", host.build_dir + "/fake_mod.received.ko"]
+    assert kernels == ["/usr/bin/modinfo", "-F", "vermagic", host.kernel_tree + "/drivers/net/dummy.ko.xz"]
 
 
 def test_another_vermagic_is_refused_naming_both(tmp_path, host):
@@ -99,6 +119,14 @@ def test_another_vermagic_is_refused_naming_both(tmp_path, host):
     left = sorted(p.name for p in (tmp_path / "build" / "fake_mod").iterdir())
     assert left == [".kmodlab-sources.json", "fake_mod.c"]
     assert read_manifest(host.build_dir)["built_for"] is None
+
+
+def test_a_file_modinfo_cannot_read_is_refused_as_a_build_for_no_kernel(host):
+    """An ELF file that is no module (modinfo shows no vermagic) is refused, and leaves nothing behind."""
+    with pytest.raises(StepFailed) as failed:
+        host.receive(b"\x7fELF but no module")
+    assert "was built for vermagic '', but the running kernel's is '%s'" % OURS.strip() in str(failed.value)
+    assert not os.path.exists(host.built) and not os.path.exists(host.build_dir + "/fake_mod.received.ko")
 
 
 def test_a_kernel_without_modules_cannot_tell_its_vermagic(tmp_path, host):
