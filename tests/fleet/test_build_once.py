@@ -14,9 +14,17 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, run_playbook
-from test_check_mode import actions_by_task
-from test_rerun import JSON_RESULTS, PROBE_TASK, results
+from fleet_helpers import (
+    JSON_RESULTS,
+    MODULES,
+    PROBE_TASK,
+    REPO,
+    actions_by_task,
+    hosts_under_test,
+    module_version,
+    results,
+    run_playbook,
+)
 
 pytestmark = pytest.mark.redeploy
 BUILD, RECEIVE = "build", "receive the build of another host"

@@ -8,26 +8,13 @@ that and leave the installed build loaded.
 
 from __future__ import annotations
 
-import json
-import re
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from fleet_helpers import BUILD_ROOT, hosts_under_test, module_version, run_playbook
+from fleet_helpers import BUILD_ROOT, JSON_RESULTS, actions_by_task, hosts_under_test, module_version, run_playbook
 
 pytestmark = pytest.mark.redeploy
 FOREIGN = "/root/kmodlab-foreign-build"
-
-
-def actions_by_task(output: str, hostname: str) -> dict[str, list[str]]:
-    """For each kernel_module task of a -v run with one-line JSON results: the actions it reported for HOSTNAME."""
-    found = {}
-    for section in re.split(r"^TASK \[", output, flags=re.MULTILINE)[1:]:
-        match = re.match(r"kernel_module : Ensure the kernel module is built and loaded, or removed \| (\w+)", section)
-        result = re.search(rf"^(?:ok|changed): \[{re.escape(hostname)}\] => (\{{.*\}})$", section, re.MULTILINE)
-        if match and result:
-            found[match.group(1)] = json.loads(result.group(1))["actions"]
-    return found
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +32,8 @@ def foreign_then_deploy(request):
         versions = list(pool.map(lambda h: h.run_test(foreign).stdout.strip(), hosts))
     assert all(version.endswith("-foreign") for version in versions), versions
     limit = ",".join(h.backend.get_hostname() for h in hosts)
-    env = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
-    check = run_playbook(request, "deploy.yml", "--check", "-v", "--limit", limit, env=env)
-    real = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=env)
+    check = run_playbook(request, "deploy.yml", "--check", "-v", "--limit", limit, env=JSON_RESULTS)
+    real = run_playbook(request, "deploy.yml", "-v", "--limit", limit, env=JSON_RESULTS)
     for h in hosts:
         h.run(f"rm -rf {FOREIGN}")
     assert check.returncode == 0, check.stdout + check.stderr

@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "fleet"))
+import fleet_helpers as fleet  # noqa: E402  (the headers and the readers of a run's output the fleet tests use)
+
 COLLECTION = REPO / "collections" / "ansible_collections" / "kmodlab" / "fleet"
 ROLE = COLLECTION / "roles" / "kmodlab"
 # The plays: the collection's, and the checkout's entry points that import them.
@@ -50,11 +53,14 @@ def test_no_playbook_names_a_group_or_a_module():
             assert name not in text, (playbook, name)
 
 
-def run_playbook(tmp_path: Path, playbook: str, hosts: dict, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a playbook of this repository on local connections (read-only plays and --check only)."""
+def run_playbook(
+    tmp_path: Path, playbook: str, hosts: dict, *args: str, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a playbook of this repository on local connections (read-only plays and --check only; ENV: more
+    environment)."""
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(yaml.safe_dump({"all": {"children": hosts}}))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", **(env or {}))
     command = [str(Path(sys.executable).parent / "ansible-playbook"), playbook, "-i", str(inventory), *args]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
 
@@ -107,6 +113,41 @@ def test_a_failing_canary_stops_the_rollout_before_any_other_host(tmp_path):
     assert "ok: [h1]" in canary_play and "[h2]" not in canary_play and "[h3]" not in canary_play
     assert "fatal: [h1]" in canary_play
     assert "PLAY [Deploy to the other hosts" not in output
+    # What the fleet tests read in such a run (tests/fleet/test_rerun.py: a host without a package index),
+    # with the headers Ansible prints for the collection's roles.
+    assert [status for status, _ in fleet.results(output, fleet.PROBE_TASK, "h1")] == ["ok"]
+    assert [status for status, _ in fleet.results(output, fleet.INSTALL_TASK, "h1")] == ["fatal"]
+    assert [status for status, _ in fleet.results(output, fleet.UPDATED_INSTALL_TASK, "h1")] == ["fatal"]
+
+
+def test_the_task_headers_the_fleet_tests_read_are_the_ones_ansible_prints(tmp_path):
+    """deploy.yml --check on the controller, as far as the fleet tests read a run (test_rerun.py,
+    test_check_mode.py, test_build_once.py): the task headers they look for appear, with results for the host.
+    The build packages named are ones the controller has (scripts/setup.sh), not the running kernel's headers."""
+    result = run_playbook(
+        tmp_path, "deploy.yml", {"fleet": {"hosts": local_hosts("h1")}},
+        "--check", "-v", "-e", "kbuild_env_headers_package=linux-headers-amd64", env=fleet.JSON_RESULTS,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    for task in (fleet.PROBE_TASK, fleet.INSTALL_TASK, fleet.KERNEL_MODULE_TASK):
+        assert f"TASK [{task}" in output, (task, output)
+    [(status, probe)] = fleet.results(output, fleet.PROBE_TASK, "h1")
+    assert status == "ok" and "in_place" in probe and "reasons" in probe, probe
+    assert [status for status, _ in fleet.results(output, fleet.INSTALL_TASK, "h1")] in (["ok"], ["changed"])
+    assert not fleet.results(output, fleet.UPDATED_INSTALL_TASK, "h1", task_may_be_absent=True)
+    assert sorted(fleet.actions_by_task(output, "h1")) == sorted(fleet.MODULES)
+
+
+def test_the_fleet_tests_readers_fail_on_a_run_that_shows_no_such_task():
+    """A header that changed is an error, not an empty answer (which would equal another empty one)."""
+    output = "PLAY [p] ***\n\nTASK [kbuild_env : Ensure build packages are installed] ***\nok: [h1] => {}\n"
+    with pytest.raises(AssertionError, match="no header"):
+        fleet.results(output, fleet.INSTALL_TASK, "h1")
+    assert fleet.results(output, fleet.INSTALL_TASK, "h1", task_may_be_absent=True) == []
+    with pytest.raises(AssertionError, match="no result"):
+        fleet.actions_by_task(output, "h1")
+    with pytest.raises(AssertionError, match="no TASK header"):
+        fleet.actions_by_task("PLAY RECAP ***\n", "h1")
 
 
 def test_part1_removal_takes_what_interrupted_writes_left(tmp_path):
