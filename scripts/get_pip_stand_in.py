@@ -1,8 +1,10 @@
-"""A stand-in for ansible-test's get-pip bootstrap script, for controllers that cannot reach the site ansible-test
-downloads it from (scripts/sanity.sh puts it in ~/.ansible/test/cache/ under the name ansible-test looks for).
+"""kmodlab: a stand-in for get-pip, ansible-test's bootstrap script, for controllers that cannot reach the site
+ansible-test downloads it from (scripts/sanity.sh puts it in ~/.ansible/test/cache/ under the name ansible-test
+looks for, and knows it by the words it begins with).
 
 ansible-test runs it in a new virtual environment without pip, with pip's install arguments (pip==X and
-get-pip's own --no-setuptools and --no-wheel); it runs pip from the wheel pip-X-*.whl beside it to install them.
+get-pip's own --no-setuptools and --no-wheel); it runs pip from the wheel pip-X-*.whl beside it, and installs
+pip from that wheel too: --no-index, the wheel's directory the only place pip looks.
 """
 
 import sys
@@ -21,7 +23,7 @@ def main() -> int:
     sys.path.insert(0, str(wheels[-1]))
     from pip._internal.cli.main import main as pip
 
-    return pip(["install", *args])
+    return pip(["install", "--no-index", "--find-links", str(HERE), *args])
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ cd "$(dirname "$0")/.."
 
 # apt-cacher-ng and socat: the lab's package cache and the relay to it (kmodlab/cache.py). The lab
 # runs an apt-cacher-ng of its own, so whether Debian's apt-cacher-ng service runs does not matter.
+# The shellcheck package: without it, the shellcheck test of ansible-test sanity (scripts/sanity.sh)
+# skips the collection's shell scripts.
 APT_PACKAGES=(
 	qemu-system-x86 qemu-utils mmdebstrap e2fsprogs openssh-client
 	make gcc libc6-dev binutils strace perl xz-utils python3-venv
-	linux-headers-amd64 linux-source apt-cacher-ng socat bubblewrap
+	linux-headers-amd64 linux-source apt-cacher-ng socat bubblewrap shellcheck
 )
 SUDO=()
 [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
