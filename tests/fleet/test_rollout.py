@@ -14,9 +14,9 @@ and records what it saw; the tests then assert on the record:
    next deploy; a release that panics its machine on load is rolled back at the next boot, with no boot loop;
 6. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
 7. a Debian 12 host gets the backports kernel and its headers (while steps 1 to 5 run, which deploy to
-   other hosts only; it ends before step 6's deploy): their installation builds the modules for it (kmodlab's kernel hooks), before the
-   reboot; it reboots into it and has the modules loaded at boot with no build there; the next deploy brings
-   it up to date.
+   other hosts only; it ends before step 6's deploy): their installation builds the modules for it
+   (kmodlab's kernel hooks), before the reboot; it reboots into it and has the modules loaded at boot with
+   no build there; the next deploy brings it up to date.
 """
 
 from __future__ import annotations
