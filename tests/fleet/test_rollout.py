@@ -13,10 +13,10 @@ and records what it saw; the tests then assert on the record:
 5. deploys that die half-way: one killed (kill -9) after the load, before the check, is rolled back by the
    next deploy; a release that panics its machine on load is rolled back at the next boot, with no boot loop;
 6. an interrupted install (no depmod) heals on the next deploy, which also restores the good release;
-7. a Debian 12 host gets the backports kernel and its headers (while steps 3 to 5 run on the other hosts,
-   before step 6's deploy): their installation builds the modules for it (kmodlab's kernel hooks), before the
-   reboot; it reboots into it and has the modules loaded at boot with no build there; the next deploy brings
-   it up to date.
+7. a Debian 12 host gets the backports kernel and its headers (while steps 1 to 5 run, which deploy to
+   other hosts only; it ends before step 6's deploy): their installation builds the modules for it
+   (kmodlab's kernel hooks), before the reboot; it reboots into it and has the modules loaded at boot with
+   no build there; the next deploy brings it up to date.
 """
 
 from __future__ import annotations
@@ -183,6 +183,11 @@ def story(request, tmp_path_factory):
     record = {"fleet": fleet}
 
     say = lambda step: progress(request, f"rollout story: {step}")  # noqa: E731
+    # The last host below 6.12 is never deployed to in steps 1 to 5: a canary of each kernel release is, and each
+    # of those rollouts stops at its canaries (or is limited to other hosts). It installs the backports kernel
+    # meanwhile, for step 7 (its probes only read), instead of making the story wait for it.
+    upgrading = ThreadPoolExecutor(1).submit(install_backports_kernel, fleet.hosts[fleet.old[-1]])
+    say(f"{fleet.old[-1]} installs the backports kernel, in the background until step 6")
     # 1. Releases that fail on 6.12 only.
     say("a release that does not build on 6.12")
     build_fails = make_release(
@@ -246,10 +251,6 @@ def story(request, tmp_path_factory):
         record["vanished_output"] = proc.communicate(timeout=900)[0]
         record["vanished_rc"] = proc.returncode
     record["vanished"] = vanishing
-    # The last host below 6.12 has no part in steps 3 (its rollout stops at the canaries) to 5 (limited to other
-    # hosts): it installs the backports kernel meanwhile, for step 7, instead of making the story wait for it.
-    upgrading = ThreadPoolExecutor(1).submit(install_backports_kernel, fleet.hosts[fleet.old[-1]])
-    say(f"{fleet.old[-1]} installs the backports kernel, in the background until step 7")
     record["after_vanished"] = {name: fleet.timer(name) for name in fleet.hosts if name != vanishing}
     say(f"{vanishing} is started again")
     fleet.lab("start", vanishing)
@@ -333,7 +334,7 @@ def story(request, tmp_path_factory):
     record["after_restore"] = fleet.snapshot()
     record["healed"] = fleet.hosts[broken].run("modinfo -n my_timer").stdout.strip()
 
-    # 7. The kernel upgrade begun in step 3 (it ended before step 6); the upgraded host reboots into it. (A
+    # 7. The kernel upgrade begun before step 1 (it ended before step 6); the upgraded host reboots into it. (A
     # machine's start loads its modules again: the restarts of steps 3 and 5 and this reboot show it, so no
     # reboot of its own is spent on it.)
     upgraded, h = fleet.old[-1], fleet.hosts[fleet.old[-1]]

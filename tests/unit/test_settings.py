@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -148,6 +149,37 @@ def test_the_fleet_tests_readers_fail_on_a_run_that_shows_no_such_task():
         fleet.actions_by_task(output, "h1")
     with pytest.raises(AssertionError, match="no TASK header"):
         fleet.actions_by_task("PLAY RECAP ***\n", "h1")
+
+
+def test_check_mode_on_a_host_with_nothing_deployed_plans_every_step_and_changes_nothing(tmp_path):
+    """deploy.yml --check on a host kmodlab never touched (this controller, through a local connection, with
+    headers it has): the run passes and reports each module's whole deployment and Part I's trace as changes,
+    and leaves no file, lock or module behind. (molecule's own check step did this on three emulated machines,
+    for a minute of CI's time.)"""
+    paths = ["/var/lib/kmodlab", "/run/kmodlab.lock", "/usr/local/src/kmodlab", "/etc/kernel/postinst.d/kmodlab"]
+    assert [path for path in paths if os.path.lexists(path)] == [], "this host has been deployed to"
+    result = run_playbook(
+        tmp_path, "deploy.yml", {"fleet": {"hosts": local_hosts("h1")}},
+        "--check", "-v", "-e", "kbuild_env_headers_package=linux-headers-amd64",
+        env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"},
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    planned = dict(
+        re.findall(r"^TASK \[kernel_module : Ensure the kernel module .* \| (\w+)\] \**\nchanged: \[h1\] => (\{.*\})$",
+                   output, re.MULTILINE)
+    )  # fmt: skip
+    assert sorted(planned) == sorted(m["name"] for m in DEFAULTS["kmodlab_modules"]), output
+    for name, text in planned.items():
+        actions = json.loads(text)["actions"]
+        assert actions[:2] == ["write sources", "build"] and "load" in actions and "load at boot" in actions, name
+    part1 = re.search(r"^TASK \[syscall_exercise : Ensure the Part I traces .*\n(\w+): \[h1\] => (\{.*\})$", output,
+                      re.MULTILINE)  # fmt: skip
+    assert part1 and part1.group(1) == "changed" and "trace" in json.loads(part1.group(2))["actions"], output
+    assert [path for path in paths if os.path.lexists(path)] == []
+    assert not list(Path("/lib/modules").glob("*/updates/my_timer.ko")) and not list(
+        Path("/lib/modules").glob("*/updates/hello.ko")
+    )
 
 
 def test_part1_removal_takes_what_interrupted_writes_left(tmp_path):
