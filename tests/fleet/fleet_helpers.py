@@ -206,6 +206,9 @@ INSTALL_TASK = "kmodlab.fleet.kbuild_env : Ensure build packages are installed"
 UPDATED_INSTALL_TASK = "kmodlab.fleet.kbuild_env : Ensure build packages are installed from an updated package index"
 # ... followed by " | <module name>", one task per module.
 KERNEL_MODULE_TASK = "kmodlab.fleet.kernel_module : Ensure the kernel module is built and loaded, or removed"
+PART1_TASK = (
+    "kmodlab.fleet.syscall_exercise : Ensure the Part I traces exist and differ by the expected number of system calls"
+)
 # For a -v run: each result on one line, in JSON.
 JSON_RESULTS = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
 

@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from fleet_helpers import REPO, hosts_under_test, progress
+from fleet_helpers import COLLECTION, REPO, hosts_under_test, progress
 
 sys.path.insert(0, str(REPO / "tests" / "corpus"))
 import make_class  # noqa: E402
@@ -125,7 +125,8 @@ def test_each_verdict_is_the_one_the_corpus_expects(graded, graded_hosts):
 
 def test_nothing_of_an_attack_ran_on_the_controller(graded):
     """No file an attack's name, Makefile or program would have made exists on the controller."""
-    places = [REPO, REPO / "playbooks", REPO / "roles" / "kmodlab", Path("/"), Path("/tmp"), Path.home()]
+    places = [REPO, REPO / "playbooks", COLLECTION / "playbooks", COLLECTION / "roles" / "kmodlab"]
+    places += [Path("/"), Path("/tmp"), Path.home()]
     places += [graded[run]["out"] for run in RUNS]
     assert [str(place / make_class.MARKER) for place in places if (place / make_class.MARKER).exists()] == []
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -161,21 +160,16 @@ def test_check_mode_on_a_host_with_nothing_deployed_plans_every_step_and_changes
     result = run_playbook(
         tmp_path, "deploy.yml", {"fleet": {"hosts": local_hosts("h1")}},
         "--check", "-v", "-e", "kbuild_env_headers_package=linux-headers-amd64",
-        env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"},
+        env=fleet.JSON_RESULTS,
     )  # fmt: skip
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    planned = dict(
-        re.findall(r"^TASK \[kernel_module : Ensure the kernel module .* \| (\w+)\] \**\nchanged: \[h1\] => (\{.*\})$",
-                   output, re.MULTILINE)
-    )  # fmt: skip
+    planned = fleet.actions_by_task(output, "h1")
     assert sorted(planned) == sorted(m["name"] for m in DEFAULTS["kmodlab_modules"]), output
-    for name, text in planned.items():
-        actions = json.loads(text)["actions"]
+    for name, actions in planned.items():
         assert actions[:2] == ["write sources", "build"] and "load" in actions and "load at boot" in actions, name
-    part1 = re.search(r"^TASK \[syscall_exercise : Ensure the Part I traces .*\n(\w+): \[h1\] => (\{.*\})$", output,
-                      re.MULTILINE)  # fmt: skip
-    assert part1 and part1.group(1) == "changed" and "trace" in json.loads(part1.group(2))["actions"], output
+    [(status, part1)] = fleet.results(output, fleet.PART1_TASK, "h1")
+    assert status == "changed" and "trace" in part1["actions"], output
     assert [path for path in paths if os.path.lexists(path)] == []
     assert not list(Path("/lib/modules").glob("*/updates/my_timer.ko")) and not list(
         Path("/lib/modules").glob("*/updates/hello.ko")
