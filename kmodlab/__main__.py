@@ -1,4 +1,7 @@
-"""Run the lab's command line: python -m kmodlab up|down|status|ssh|image."""
+"""`python -m kmodlab`: the same command line as the installed `kmodlab` command (kmodlab.cli).
+
+`python -m kmodlab --help` lists its commands and `python -m kmodlab COMMAND --help` their options.
+"""
 
 import sys
 

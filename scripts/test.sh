@@ -15,6 +15,7 @@ yamllint --strict .
 ansible-lint --offline --nocolor
 ruff check .
 ruff format --check .
+(cd collections/ansible_collections/kmodlab/fleet && antsibull-changelog lint && antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml)
 scripts/sanity.sh
 
 step "pytest: unit tests (lab, settings, collection), module_src build/checkpatch/Part I, lab integration"
