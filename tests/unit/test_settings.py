@@ -73,7 +73,8 @@ def test_the_graders_settings_are_declared_only_by_the_grading_entry_points_and_
     assert not set(GRADER_SPEC) & set(DEFAULTS)
     assert all(spec.get("required") for spec in GRADER_SPEC.values())
     # The words kmodlab/grade.py gives playbooks/grade.yml (its -e): kmodlab_action, and settings grading declares.
-    passed = set(re.findall(r"\bkmodlab_(?:grade_\w+|src_root|action)\b", (REPO / "kmodlab" / "grade.py").read_text()))
+    grader = "".join(path.read_text() for path in (REPO / "kmodlab").rglob("*.py"))
+    passed = set(re.findall(r"\bkmodlab_(?:grade_\w+|src_root|action)\b", grader))
     assert passed - {"kmodlab_action"} <= set(GRADER_SPEC) | set(ENTRY_POINTS["grade"]["options"])
     assert set(GRADER_SPEC) <= passed
 

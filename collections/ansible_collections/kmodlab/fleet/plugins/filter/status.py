@@ -13,7 +13,7 @@ COLUMNS = (
     ("drift", 6),
     ("at boot", 7),
 )
-ROW = " ".join("%%-%ds" % width for _, width in COLUMNS)
+ROW = " ".join("%%-%ds" % width for name, width in COLUMNS)
 INDENT = "    "
 
 
@@ -40,7 +40,7 @@ def _pairs(params):
 def status_table(report):
     """REPORT (status_report's) as a table, one line a module; below a module, indented, why it was rolled back,
     its parameters, and its builds for other kernels or that failed; then a host's Part I result."""
-    lines = [ROW % tuple(name for name, _ in COLUMNS)]
+    lines = [ROW % tuple(name for name, width in COLUMNS)]
     for host, status in report.items():
         for m in status.get("modules", []):
             lines.append(

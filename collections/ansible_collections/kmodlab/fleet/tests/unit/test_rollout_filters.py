@@ -17,7 +17,7 @@ def probes(*hosts):
 
 
 def plan(*hosts):
-    return canary_plan([name for name, _, _ in hosts], probes(*hosts))
+    return canary_plan([host[0] for host in hosts], probes(*hosts))
 
 
 def test_the_first_host_of_each_release_is_its_canary_and_the_rest_keep_their_order():

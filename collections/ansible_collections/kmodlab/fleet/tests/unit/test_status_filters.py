@@ -62,8 +62,8 @@ def test_the_table_has_a_header_and_a_row_per_module_in_columns():
 
 
 def test_a_module_not_loaded_at_boot_and_without_version_shows_off_and_dashes():
-    report = status_report(["h"], {"h": host([module("hello", state="missing", version="", srcversion="",
-                                                           persist=False)])})  # fmt: skip
+    missing = module("hello", state="missing", version="", srcversion="", persist=False)
+    report = status_report(["h"], {"h": host([missing])})
     assert status_table(report).split("\n")[1].split() == ["h", KERNEL, "hello", "missing", "-", "-", "no", "off"]
 
 
