@@ -187,6 +187,7 @@ def run_playbook(request, playbook: str, *args: str, env: dict | None = None) ->
     if inventory:
         command += ["-i", str(inventory)]
     settings = {"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    settings.update(ONE_LINE)
     env = dict(os.environ, **settings, **(env or {}))
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
 
@@ -211,6 +212,9 @@ PART1_TASK = (
 )
 # For a -v run: each result on one line, in JSON.
 JSON_RESULTS = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false"}
+# Every run the tests read: results in JSON, as Ansible prints them by default (a failure's message on the line
+# of its "fatal: [host]"), whatever format the checkout's ansible.cfg gives people (YAML).
+ONE_LINE = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
 
 
 def task_sections(output: str) -> list[str]:
