@@ -33,6 +33,10 @@ COLLECTION = REPO / "collections" / "ansible_collections" / "kmodlab" / "fleet"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 JUNK = ("__pycache__", ".pyc", ".pytest_cache")
+# Where scripts/install-built.sh (CI: scripts/test.sh) installed the wheel built from this checkout: the wheel and the
+# venv tests below take from there, not building and installing them again (test_the_product_ci_installed_... proves
+# that install is this checkout's).
+INSTALL_DIR = os.environ.get("KMODLAB_INSTALL_DIR")
 # What pip says when it cannot get the build backend (no index reachable): a skip, not a failure.
 UNFETCHABLE = ("No matching distribution found", "Could not find a version that satisfies", "Failed to establish")
 
@@ -60,6 +64,9 @@ def build_isolated() -> bool:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    if INSTALL_DIR:
+        (built,) = (Path(INSTALL_DIR) / "dist").glob("kmodlab-*.whl")
+        return built
     top = tmp_path_factory.mktemp("wheel")
     source = top / "src"
     source.mkdir()
@@ -88,7 +95,10 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed (--no-deps): its bin/. Its dependencies come from this
-    environment's site-packages, after its own (a .pth file: a checkout or editable install there is not seen)."""
+    environment's site-packages, after its own (a .pth file: a checkout or editable install there is not seen).
+    With INSTALL_DIR, the venv there (the wheel and its dependencies installed by pip)."""
+    if INSTALL_DIR:
+        return Path(INSTALL_DIR) / "venv" / "bin"
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -265,9 +275,6 @@ def test_installed_kmodlab_reads_the_installed_collection(installed, installed_c
         str(installed_collection / "ansible_collections" / "kmodlab" / "fleet"),
         ["hello", "my_timer", "syscalls"],
     ]
-
-
-INSTALL_DIR = os.environ.get("KMODLAB_INSTALL_DIR")
 
 
 def name_and_version(pin: str) -> tuple[str, str]:
