@@ -42,6 +42,7 @@ ansible-galaxy collection build collections/ansible_collections/kmodlab/fleet --
 cp pyproject.toml README.md "$dir/src/"
 tar -c --exclude=__pycache__ --exclude='*.pyc' kmodlab | tar -x -C "$dir/src"
 "$python" -m pip wheel -q --no-deps -w "$dir/dist" "$dir/src"
+rm -rf "$dir/src"
 wheel=$(find "$dir/dist" -name 'kmodlab-*.whl')
 tarball=$(find "$dir/dist" -name 'kmodlab-fleet-*.tar.gz')
 
@@ -50,11 +51,13 @@ step "installing $(basename "$wheel") into a fresh venv ($dir/venv)"
 "$dir/venv/bin/pip" install -q --disable-pip-version-check -c requirements.txt "$wheel"
 
 step "installing $(basename "$tarball") (ansible-galaxy collection install -p $dir/collections)"
-# From the install directory with no ANSIBLE_* settings: neither the checkout's ansible.cfg nor its environment.
+# From the install directory with no ANSIBLE_* settings of the checkout's (its ansible.cfg, its environment), only
+# the collections path the collection goes to, as a user who installs it there names it.
 (
 	cd "$dir"
 	while read -r name; do unset "$name"; done < <(compgen -e | grep '^ANSIBLE_' || true)
-	"$dir/venv/bin/ansible-galaxy" collection install "$tarball" -p "$dir/collections" >/dev/null
+	ANSIBLE_COLLECTIONS_PATH="$dir/collections" \
+		"$dir/venv/bin/ansible-galaxy" collection install "$tarball" -p "$dir/collections" >/dev/null
 )
 
 step "checking the installed command from $dir"
