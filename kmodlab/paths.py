@@ -1,10 +1,12 @@
 """Where kmodlab's files are: the checkout's, and the lab's state (one home per fact).
 
 - The package's own files (rubric.yml, guest/) sit beside its modules and are found from them.
-- The checkout's files (ansible.cfg, the collection kmodlab.fleet with the roles, playbooks and module_src/,
-  tests/fleet/) exist only when this package runs from a clone of the repository (`python -m kmodlab`, or an
-  editable install): checkout_path, collection_path. (roles/, playbooks/ and module_src/ at the top are the
-  checkout's entry points into the collection: links and plays that import its plays.)
+- The checkout's files (ansible.cfg, tests/fleet/) exist only when this package runs from a clone of the
+  repository (`python -m kmodlab`, or an editable install): checkout_path. (roles/, playbooks/ and module_src/ at
+  the top are the checkout's entry points into the collection: links and plays that import its plays.)
+- The collection kmodlab.fleet (the roles, playbooks and module_src/): the checkout's, else the one Ansible finds
+  where it looks for collections (ANSIBLE_COLLECTIONS_PATH or ansible.cfg's collections_path, then Python's
+  path), as `ansible-galaxy collection install` of its tarball puts it: collection_path.
 - The lab's state (disks, ssh keys, the default lab's inventory): KMODLAB_HOME if set; else .lab/ in the
   checkout (molecule reads .lab/molecule/ there); else, from an installed package, the user's state
   directory ($XDG_STATE_HOME/kmodlab, else ~/.local/state/kmodlab), never inside site-packages.
@@ -13,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -56,8 +59,28 @@ def checkout_path(*parts: str) -> Path:
 
 
 def collection_path(*parts: str) -> Path:
-    """The file PARTS of the checkout's collection kmodlab.fleet (see checkout_path)."""
-    return checkout_path(*COLLECTION, *parts)
+    """The file PARTS of the collection kmodlab.fleet: the checkout's, else the installed one (installed_collection)."""
+    root = checkout()
+    return (root.joinpath(*COLLECTION) if root is not None else installed_collection()).joinpath(*parts)
+
+
+def installed_collection() -> Path:
+    """The collection kmodlab.fleet where Ansible, run here, would find it: in each of its collections paths, then
+    in Python's path (Ansible's own order); a LabError that says how to install it when it is nowhere."""
+    import ansible.constants as C  # reads the same settings ansible-playbook does: the environment, ansible.cfg
+
+    places = [Path(place) for place in C.COLLECTIONS_PATHS]
+    places += [Path(place) for place in sys.path if place] if C.COLLECTIONS_SCAN_SYS_PATH else []
+    for place in places:
+        found = place.joinpath(*COLLECTION[1:])
+        if (found / "MANIFEST.json").is_file() or (found / "galaxy.yml").is_file():
+            return found
+    raise LabError(
+        "the Ansible collection kmodlab.fleet (its roles, playbooks and module sources) is not installed where "
+        f"Ansible looks ({os.pathsep.join(str(place) for place in C.COLLECTIONS_PATHS)}): install the one of this "
+        "release with `ansible-galaxy collection install kmodlab-fleet-<version>.tar.gz`, or name where it is in "
+        "ANSIBLE_COLLECTIONS_PATH"
+    )
 
 
 def state_home_for(environ: Mapping[str, str], root: Path | None) -> Path:

@@ -11,6 +11,7 @@ import configparser
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,10 @@ COLLECTION = REPO / "collections" / "ansible_collections" / "kmodlab" / "fleet"
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 JUNK = ("__pycache__", ".pyc", ".pytest_cache")
+# Where scripts/install-built.sh (CI: scripts/test.sh) installed the wheel built from this checkout: the wheel and the
+# venv tests below take from there, not building and installing them again (test_the_product_ci_installed_... proves
+# that install is this checkout's).
+INSTALL_DIR = os.environ.get("KMODLAB_INSTALL_DIR")
 # What pip says when it cannot get the build backend (no index reachable): a skip, not a failure.
 UNFETCHABLE = ("No matching distribution found", "Could not find a version that satisfies", "Failed to establish")
 
@@ -59,6 +64,9 @@ def build_isolated() -> bool:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    if INSTALL_DIR:
+        (built,) = (Path(INSTALL_DIR) / "dist").glob("kmodlab-*.whl")
+        return built
     top = tmp_path_factory.mktemp("wheel")
     source = top / "src"
     source.mkdir()
@@ -87,7 +95,10 @@ def wheel(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def installed(wheel, tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed (--no-deps): its bin/. Its dependencies come from this
-    environment's site-packages, after its own (a .pth file: a checkout or editable install there is not seen)."""
+    environment's site-packages, after its own (a .pth file: a checkout or editable install there is not seen).
+    With INSTALL_DIR, the venv there (the wheel and its dependencies installed by pip)."""
+    if INSTALL_DIR:
+        return Path(INSTALL_DIR) / "venv" / "bin"
     venv = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
     python = venv / "bin" / "python"
@@ -225,6 +236,85 @@ def test_an_installed_package_is_no_checkout(monkeypatch, tmp_path):
     assert paths.program() == "kmodlab"
     with pytest.raises(LabError, match=r"needs kmodlab's checkout \(roles/kmodlab/defaults/main.yml\)"):
         paths.checkout_path("roles", "kmodlab", "defaults", "main.yml")
+
+
+def test_an_installed_package_finds_the_collection_where_ansible_does(monkeypatch, tmp_path):
+    """Without a checkout, the roles' defaults and module_src/ are the installed collection's, found in Ansible's
+    collections paths (ANSIBLE_COLLECTIONS_PATH here); none installed is an error that says how to install it."""
+    import ansible.constants as C
+
+    site = tmp_path / "site-packages"
+    (site / "kmodlab").mkdir(parents=True)
+    monkeypatch.setattr(paths, "PACKAGE", site / "kmodlab")
+    first, second = tmp_path / "first", tmp_path / "second"
+    fleet = second / "ansible_collections" / "kmodlab" / "fleet"
+    fleet.mkdir(parents=True)
+    (fleet / "MANIFEST.json").write_text("{}")
+    (first / "ansible_collections" / "kmodlab" / "other").mkdir(parents=True)
+    monkeypatch.setattr(C, "COLLECTIONS_PATHS", [str(first), str(second)])
+    monkeypatch.setattr(C, "COLLECTIONS_SCAN_SYS_PATH", False)
+    assert paths.collection_path("roles", "kmodlab", "defaults") == fleet / "roles" / "kmodlab" / "defaults"
+    monkeypatch.setattr(C, "COLLECTIONS_PATHS", [str(first)])
+    with pytest.raises(LabError, match=r"kmodlab.fleet .* is not installed where Ansible looks \(.*first\).*galaxy"):
+        paths.collection_path("module_src")
+
+
+def test_installed_kmodlab_reads_the_installed_collection(installed, installed_collection, tmp_path):
+    """The installed package, outside the checkout, takes the modules it grades and the Part I harness from the
+    collection installed from the tarball (ANSIBLE_COLLECTIONS_PATH), as ansible-playbook takes its roles."""
+    script = (
+        "import json; from kmodlab import grade, paths; "
+        "print(json.dumps([str(paths.collection_path()), grade.part_names()]))"
+    )
+    env = dict(outside_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=str(installed_collection))
+    found = subprocess.run(
+        [str(installed / "python"), "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout) == [
+        str(installed_collection / "ansible_collections" / "kmodlab" / "fleet"),
+        ["hello", "my_timer", "syscalls"],
+    ]
+
+
+def name_and_version(pin: str) -> tuple[str, str]:
+    """NAME==VERSION as (the name normalised as PyPI does, the version)."""
+    name, _, version = pin.partition("==")
+    return re.sub(r"[-_.]+", "-", name).lower(), version
+
+
+@pytest.mark.skipif(not INSTALL_DIR, reason="KMODLAB_INSTALL_DIR is not set (scripts/install-built.sh, CI)")
+def test_the_product_ci_installed_is_this_checkouts_with_the_tested_dependencies(tmp_path):
+    """What scripts/install-built.sh put in KMODLAB_INSTALL_DIR, which CI's lab test, molecule and the grading of the
+    class use: this checkout's kmodlab/ file for file, its dependencies at requirements.txt's versions, the
+    collection of the same version, and a `kmodlab` that runs from there with nothing of the checkout."""
+    top = Path(INSTALL_DIR)
+    bin_dir = top / "venv" / "bin"
+    site = subprocess.run(
+        [str(bin_dir / "python"), "-c", "import kmodlab, pathlib; print(pathlib.Path(kmodlab.__file__).parent)"],
+        cwd=tmp_path, env=outside_env(tmp_path), capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    installed = sorted(
+        (Path("kmodlab") / path.relative_to(site)).as_posix()
+        for path in Path(site).rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    assert installed == package_files()
+    for name in package_files():
+        assert (Path(site).parent / name).read_bytes() == (REPO / name).read_bytes(), f"{name}: rebuild (install-built)"
+    frozen = subprocess.run(
+        [str(bin_dir / "python"), "-m", "pip", "freeze", "--exclude", "kmodlab"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    pins = dict(map(name_and_version, (REPO / "requirements.txt").read_text().split()))
+    unpinned = [line for line in frozen if pins.get(name_and_version(line)[0]) != name_and_version(line)[1]]
+    assert unpinned == [], "installed at versions requirements.txt does not pin"
+    manifest = top / "collections" / "ansible_collections" / "kmodlab" / "fleet" / "MANIFEST.json"
+    assert json.loads(manifest.read_text())["collection_info"]["version"] == VERSION
+    helped = subprocess.run(
+        [str(bin_dir / "kmodlab"), "--help"], cwd=top, env=outside_env(tmp_path), capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: kmodlab "), helped.stdout + helped.stderr
 
 
 def test_up_says_where_the_inventory_is(monkeypatch, tmp_path, capsys):
