@@ -79,11 +79,6 @@ def test_the_graders_settings_are_declared_only_by_the_grading_entry_points_and_
     assert set(GRADER_SPEC) <= passed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README.md (rewritten in parallel, issue 21 item 7) still lists kmodlab_action and kmodlab_grade_*, which "
-    "are no user settings now; remove this mark when it does not",
-)
 def test_readme_table_matches_the_argument_specs():
     """The README lists exactly the user's declared settings, each with its declared type."""
     assert readme_variables() == {name: option["type"] for name, option in SPEC.items()}
