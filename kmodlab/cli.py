@@ -1,4 +1,5 @@
-"""The lab's command line: python -m kmodlab up|down|status|ssh|stop|start|reboot|save|restore|grade|image|cache."""
+"""The command line, every command's arguments (the grader's: add_grade_parser):
+python -m kmodlab up|down|status|ssh|stop|start|reboot|save|restore|grade|image|cache."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 from kmodlab import LabError
 from kmodlab.cache import LogMark, PackageCache, log_mark, read_transfers, stats, stats_text
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
-from kmodlab.grade import add_grade_parser, grade_command
+from kmodlab.grade.command import grade_command
+from kmodlab.grade.jobs import DEFAULT_CHECK_TIMEOUT
 from kmodlab.images import cache_dir, ensure_image
 from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.mirror import find_mirror
@@ -140,6 +142,40 @@ def parser() -> argparse.ArgumentParser:
     )
     cache_sub.add_parser("mark", help="print the end of the cache's log now, for `cache stats --mark`")
     return p
+
+
+def add_grade_parser(sub) -> None:
+    grade = sub.add_parser(
+        "grade",
+        help="grade a directory of submissions on every kernel of the fleet (default: this lab's machines)",
+        description="Grade each <student>/ (or <student>.tar.gz / .zip) of SUBMISSIONS, holding any of "
+        "my_timer/, hello/ and syscalls/, on every kernel release of the inventory's hosts.",
+    )
+    grade.add_argument("submissions", type=Path, help="directory of submissions")
+    grade.add_argument("--inventory", help=f"the fleet (default: {default_inventory()}, the default lab's)")
+    grade.add_argument("--limit", metavar="HOST[,HOST...]", help="grade on these hosts of the inventory only")
+    grade.add_argument("--out", default="grades", help="directory for the reports and raw logs (default: grades)")
+    grade.add_argument("--rubric", type=Path, help="points per check key, YAML (default: kmodlab/rubric.yml)")
+    grade.add_argument(
+        "--allow-any-inventory",
+        action="store_true",
+        help="grade on an inventory that is not the lab's (untrusted code runs there as root)",
+    )
+    grade.add_argument(
+        "--one-kernel-each",
+        action="store_true",
+        help="grade each submission on one kernel only, the kernels in turn: a first pass in 1/K of the time",
+    )
+    grade.add_argument(
+        "--build-on",
+        choices=("controller", "machine"),
+        default="controller",
+        help="where modules are built: on the controller in a sandbox, in a build root of each lab machine's "
+        "distribution and kernel (default; other hosts build in the machine), or in the machines",
+    )
+    grade.add_argument("--build-timeout", type=int, default=120, help="seconds one module's build may take")
+    grade.add_argument("--load-timeout", type=int, default=30, help="seconds one insmod or rmmod may take")
+    grade.add_argument("--check-timeout", type=int, default=DEFAULT_CHECK_TIMEOUT, help="seconds one check may take")
 
 
 def log_mark_argument(text: str) -> LogMark:

@@ -1,5 +1,5 @@
-"""The grader's reports (kmodlab.grade): points from a rubric, and the verdicts as JSON, JUnit XML (one
-testsuite per submission, one testcase per kernel and check), a Markdown page and a terminal table.
+"""The grader's reports (kmodlab.grade): points from a rubric (kmodlab.grade.rubric), and the verdicts as JSON,
+JUnit XML (one testsuite per submission, one testcase per kernel and check), a Markdown page and a terminal table.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
-from kmodlab import LabError
 from kmodlab.progress import say
 
-DEFAULT_RUBRIC = Path(__file__).with_name("rubric.yml")
 VERDICTS = ("pass", "fail", "missing", "error")
 # What a reason may hold in a report: the rest is in raw/ (the deploy's and the checks' logs).
 REASON_CHARS = 2000
@@ -54,36 +50,11 @@ def markdown_cell(text: str) -> str:
     return escaped.replace("\n", "<br>")
 
 
-class Rubric:
-    """Points per check: `points` names checks as PART::CHECK or PART::* (every check of the part);
-    any other check is worth `default`."""
-
-    def __init__(self, data: dict):
-        self.default = float(data.get("default", 1))
-        self.points = {str(key): float(value) for key, value in (data.get("points") or {}).items()}
-
-    def worth(self, part: str, check: str) -> float:
-        for key in (f"{part}::{check}", f"{part}::{check.split('[')[0]}", f"{part}::*"):
-            if key in self.points:
-                return self.points[key]
-        return self.default
-
-
-def load_rubric(path: Path | None) -> Rubric:
-    path = path or DEFAULT_RUBRIC
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise LabError(f"cannot read the rubric {path}: {err}") from err
-    if not isinstance(data, dict) or not set(data) <= {"default", "points"}:
-        raise LabError(f"{path}: a rubric has `default` (points) and `points` (check: points) only")
-    return Rubric(data)
-
-
-def scored(verdicts: list, rubric: Rubric) -> list[dict]:
+def scored(verdicts: list, rubric) -> list[dict]:
+    """Each verdict as a row, with its points from RUBRIC (kmodlab.grade.rubric, by the check's key)."""
     rows = []
     for v in verdicts:
-        worth = rubric.worth(v.part, v.check)
+        worth = rubric.worth(v.key)
         rows.append(dict(asdict(v), points=worth if v.verdict == "pass" else 0.0, max_points=worth))
     return rows
 
@@ -131,6 +102,8 @@ def junit(rows: list[dict]) -> ET.ElementTree:
                 ET.SubElement(element, "skipped", message=f"missing: {reason}")
             properties = ET.SubElement(element, "properties")
             properties.append(ET.Element("property", name="points", value=f"{case['points']:g}/{case['max_points']:g}"))
+            if case.get("key"):
+                properties.append(ET.Element("property", name="key", value=clean(case["key"], 200)))
             if case.get("notes"):
                 properties.append(ET.Element("property", name="notes", value=clean(case["notes"])))
     ET.indent(suites)
@@ -171,7 +144,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(verdicts: list, rubric: Rubric) -> str:
+def table(verdicts: list, rubric) -> str:
     """The terminal summary: per submission and kernel, points and the count of each verdict."""
     rows = scored(verdicts, rubric)
     sums = totals(rows)
@@ -187,7 +160,7 @@ def table(verdicts: list, rubric: Rubric) -> str:
     return "\n".join(lines)
 
 
-def write_all(verdicts: list, rubric: Rubric, out: Path, timings: dict[tuple[str, str], dict]) -> list[Path]:
+def write_all(verdicts: list, rubric, out: Path, timings: dict[tuple[str, str], dict]) -> list[Path]:
     """Write grades.json, junit.xml and grades.md to OUT; TIMINGS: seconds per (student, kernel), by phase.
 
     Reasons are cleaned and cut (clean) in every report. Each report is written on its own (to a new

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from fleet_helpers import MODULES, REPO, hosts_under_test, module_version, progress, run_playbook
+from fleet_helpers import MODULES, ONE_LINE, REPO, hosts_under_test, module_version, progress, run_playbook
 
 from kmodlab.lab import Lab
 
@@ -244,7 +245,12 @@ def story(request, tmp_path_factory):
         h.run_test(f"rm -f {MARKER}" if name == vanishing else f"touch {MARKER}")
     command = [*playbook_command(request), "--limit", ",".join(fleet.hosts)]
     with subprocess.Popen(
-        [*command, "-e", extra_vars(slow)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*command, "-e", extra_vars(slow)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, **ONE_LINE),
     ) as proc:
         wait_for(lambda: fleet.hosts[vanishing].run(f"test -e {MARKER}").rc == 0, 900, f"the build on {vanishing}")
         fleet.lab("stop", vanishing)
@@ -291,7 +297,7 @@ def story(request, tmp_path_factory):
     # The load's own time limit (which would signal modprobe too) is out of the way: only the test ends the wait.
     with subprocess.Popen(
         [*command, "-e", extra_vars(faults, kernel_module_load_timeout=1800)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ, **ONE_LINE),
     ) as proc, ended_on_failure(proc):  # fmt: skip
         wait_for(lambda: PANIC in machine.console_log.read_text(errors="replace"), 900, f"the panic on {panicked}")
         # A lab machine boots with panic=-1 under QEMU's -no-reboot: the panic powers it off.

@@ -1,4 +1,5 @@
-"""The fleet tests' conftest: removal tests run last with --removal, whatever their file names, and not without."""
+"""The checks' plugin (kmodlab.checks.plugin, loaded by tests/fleet/conftest.py): removal tests run last with
+--removal, whatever their file names, and not without; the time limits, the hang and crash policy."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import sys
 from pathlib import Path
 
 CONFTEST = Path(__file__).resolve().parents[1] / "fleet" / "conftest.py"
-# The conftest, copied beside the tests made here, imports the fleet tests' helpers from where they are, and
-# they import kmodlab (kernel_log) from the repository (pyproject.toml's pythonpath does it for tests/fleet).
-PATHS = [str(CONFTEST.parent), str(CONFTEST.parents[2]), os.environ.get("PYTHONPATH", "")]
+# The conftest, copied beside the tests made here, loads the checks' plugin from the repository (pyproject.toml's
+# pythonpath does it for tests/fleet).
+PATHS = [str(CONFTEST.parents[2]), os.environ.get("PYTHONPATH", "")]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(PATHS))
 
 

@@ -1,4 +1,4 @@
-"""The grader's reading of the fleet tests' results, its verdicts and its reports (kmodlab.grade, kmodlab.reports)."""
+"""The grader's reading of the checks' results, its verdicts and its reports (kmodlab.grade, kmodlab.reports)."""
 
 from __future__ import annotations
 
@@ -15,72 +15,73 @@ import pytest
 import yaml
 
 from kmodlab import LabError
-from kmodlab.grade import (
-    BUILD,
-    WHOLE,
-    Grader,
-    Host,
-    Job,
-    Verdict,
-    build_reason,
-    checks_of,
-    junit_outcomes,
-    lab_machines,
-    parse_nodeid,
-    part_names,
-    readable,
-    use_our_part1_harness,
-)
+from kmodlab.checks.fleet import PARTS
+from kmodlab.checks.parts import WHOLE
+from kmodlab.grade.checks import BUILD, Catalogue, Check, junit_outcomes, readable
+from kmodlab.grade.command import use_our_part1_harness
+from kmodlab.grade.guard import lab_machines
+from kmodlab.grade.rubric import Rubric, load_rubric
+from kmodlab.grade.schedule import Grader
+from kmodlab.grade.verdicts import Host, Job, Verdict, build_reason, trouble
+from kmodlab.grade.verdicts import verdicts as verdicts_of
 from kmodlab.lab import Lab
-from kmodlab.reports import Rubric, junit, load_rubric, markdown, scored, table
+from kmodlab.reports import junit, markdown, scored, table
 from kmodlab.ssh import inventory_data
 from kmodlab.submissions import Submission
 
-PARTS = part_names()
-NODEIDS = [
-    "tests/fleet/test_modules_loaded.py::test_module_is_in_lsmod[ansible://deb-12-hello]",
-    "tests/fleet/test_modules_loaded.py::test_module_is_in_lsmod[ansible://deb-12-my_timer]",
-    "tests/fleet/test_timer.py::test_first_read_after_load_prints_only_current_time[ansible://deb-12]",
-    "tests/fleet/test_hello.py::test_message_round_trips[ansible://deb-12]",
-    "tests/fleet/test_syscalls.py::test_traces_exist[ansible://deb-12]",
-    "tests/fleet/test_kernel_log.py::test_kernel_logged_no_oops_or_warning[ansible://deb-12]",
-    "tests/fleet/test_removal.py::test_proc_entry_is_gone[ansible://deb-12-my_timer]",
-    "tests/fleet/test_removal.py::test_part1_files_are_gone[ansible://deb-12]",
+# Checks as the plugin names them (kmodlab.checks.plugin; tests/unit/test_checks_plugin.py collects the real ones).
+CHECKS = [
+    Check("hello", "test_module_is_in_lsmod[hello]", "module.in_lsmod"),
+    Check("my_timer", "test_module_is_in_lsmod[my_timer]", "module.in_lsmod"),
+    Check("my_timer", "test_first_read_after_load_prints_only_current_time", "my_timer.first_read"),
+    Check("hello", "test_message_round_trips", "hello.round_trip"),
+    Check("syscalls", "test_traces_exist", "syscalls.traces_exist"),
+    Check(WHOLE, "test_kernel_logged_no_oops_or_warning", "submission.kernel_log", "kernel_log"),
+    Check("my_timer", "test_proc_entry_is_gone[my_timer]", "removal.proc_entry_gone", "not_clean", True),
+    Check(WHOLE, "test_part1_files_are_gone", "removal.part1_gone", "not_clean", True),
 ]
+CATALOGUE = Catalogue(CHECKS)
 
 
 def test_parts_are_the_deployed_modules_and_part_one():
     assert PARTS == ("hello", "my_timer", "syscalls")
 
 
-def test_a_node_id_names_its_part_and_check_whatever_the_host_is_called():
-    assert parse_nodeid(NODEIDS[0], PARTS, "deb-12") == ("hello", "test_module_is_in_lsmod[hello]")
-    first_read = "test_first_read_after_load_prints_only_current_time"
-    assert parse_nodeid(NODEIDS[2], PARTS, "deb-12") == ("my_timer", first_read)
-    assert parse_nodeid(NODEIDS[5], PARTS, "deb-12") == (WHOLE, "test_kernel_logged_no_oops_or_warning")
-    assert parse_nodeid(NODEIDS[7], PARTS, "deb-12") == (WHOLE, "test_part1_files_are_gone")
-
-
 def test_each_part_has_its_build_check_first():
-    catalogue = checks_of(NODEIDS, PARTS, "deb-12")
+    catalogue = CATALOGUE.by_part
     assert catalogue["hello"] == [BUILD, "test_module_is_in_lsmod[hello]", "test_message_round_trips"]
     assert catalogue["my_timer"][0] == BUILD
     assert "test_proc_entry_is_gone[my_timer]" in catalogue["my_timer"]
     assert catalogue["syscalls"] == [BUILD, "test_traces_exist"]
     assert catalogue[WHOLE] == ["test_kernel_logged_no_oops_or_warning", "test_part1_files_are_gone"]
+    assert CATALOGUE.key("hello", BUILD) == "hello.build"
+    assert CATALOGUE.key("my_timer", "test_module_is_in_lsmod[my_timer]") == "module.in_lsmod"
 
 
-JUNIT = """<?xml version="1.0" encoding="utf-8"?>
-<testsuites><testsuite name="alice" tests="4">
-<testcase classname="tests.fleet.test_timer" name="test_first_read_after_load_prints_only_current_time[ansible://deb-12]"
- time="0.5"/>
-<testcase classname="tests.fleet.test_hello" name="test_message_round_trips[ansible://deb-12]" time="1.0">
+def said(part: str, check: str) -> str:
+    """The JUnit properties the plugin records with each check."""
+    return (
+        f'<properties><property name="kmodlab_part" value="{part}"/><property name="kmodlab_check" value="{check}"/>'
+        '<property name="kmodlab_key" value="x"/></properties>'
+    )
+
+
+# The names of the testcases (files, functions, hosts) are pytest's; the grader reads the properties only.
+JUNIT = f"""<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="alice" tests="5">
+<testcase classname="any.where" name="renamed[ansible://deb-12]" time="0.5">
+ {said("my_timer", "test_first_read_after_load_prints_only_current_time")}</testcase>
+<testcase classname="any.where" name="test_message_round_trips[ansible://deb-12]" time="1.0">
+ {said("hello", "test_message_round_trips")}
  <failure message="AssertionError: expected 'hi', got ''&#10;assert '' == 'hi'">long traceback</failure></testcase>
-<testcase classname="tests.fleet.test_modules_loaded" name="test_module_is_in_lsmod[ansible://deb-12-hello]" time="61">
+<testcase classname="x" name="test_module_is_in_lsmod[ansible://deb-12-hello]" time="61">
+ {said("hello", "test_module_is_in_lsmod[hello]")}
  <failure message="Failed: Timeout (&gt;60.0s) from pytest-timeout.">stack</failure></testcase>
-<testcase classname="tests.fleet.test_removal" name="test_proc_entry_is_gone[ansible://deb-12-my_timer]" time="0">
+<testcase classname="x" name="test_proc_entry_is_gone[ansible://deb-12-my_timer]" time="0">
+ {said("my_timer", "test_proc_entry_is_gone[my_timer]")}
  <skipped type="pytest.skip" message="not run: test_x ran out of time on deb-12, which may hang">skip</skipped>
 </testcase>
+<testcase classname="tests.fleet.test_hello" name="a_test_of_the_project_not_a_check" time="1.0"/>
 </testsuite></testsuites>
 """
 
@@ -88,7 +89,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def outcomes(tmp_path):
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
-    return junit_outcomes(path, PARTS, "deb-12")
+    return junit_outcomes(path)
 
 
 def test_junit_results_become_verdicts_with_readable_reasons(tmp_path):
@@ -97,6 +98,7 @@ def test_junit_results_become_verdicts_with_readable_reasons(tmp_path):
     assert got[("hello", "test_message_round_trips")] == ("fail", "expected 'hi', got ''", 1.0)
     assert got[("hello", "test_module_is_in_lsmod[hello]")][:2] == ("fail", "no answer within the time limit (>60.0s)")
     assert got[("my_timer", "test_proc_entry_is_gone[my_timer]")][0] == "error"
+    assert len(got) == 4  # what is not a check (no properties) is no verdict
 
 
 def test_a_command_testinfra_could_not_run_is_said_plainly():
@@ -125,18 +127,17 @@ def grader(tmp_path, **options):
     defaults = {"allow_any_inventory": False, "limit": "", "one_kernel_each": False, "build_on": "machine"}
     args = argparse.Namespace(inventory=str(tmp_path / "inv.yml"), out=str(tmp_path / "out"), **defaults | options)
     g = Grader(args, Lab("unit", home=tmp_path / "labs"))
-    g.catalogue = checks_of(NODEIDS, PARTS, "deb-12")
+    g.catalogue = CATALOGUE
     return g
 
 
 def test_missing_parts_failed_builds_and_unrun_checks_get_their_verdicts(tmp_path):
-    g = grader(tmp_path)
     submission = Submission("alice", tmp_path, ["hello", "my_timer"])
     record = {
         "hello": {"ok": True, "srcversion": "ABC"},
         "my_timer": {"ok": False, "msg": "x: kbuild failed (exit 2):\nerror: boom"},
     }
-    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, outcomes(tmp_path))
+    verdicts = verdicts_of(CATALOGUE, Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, outcomes(tmp_path))
     got = {(v.part, v.check): (v.verdict, v.reason) for v in verdicts}
     assert got[("hello", BUILD)] == ("pass", "loaded srcversion ABC")
     assert got[("hello", "test_message_round_trips")] == ("fail", "expected 'hi', got ''")
@@ -150,11 +151,13 @@ def test_missing_parts_failed_builds_and_unrun_checks_get_their_verdicts(tmp_pat
 
 def test_a_time_out_an_oops_or_an_unclean_host_means_a_restore(tmp_path):
     done = subprocess.CompletedProcess([], 1)
-    assert "ran out of time" in Grader.trouble(done, outcomes(tmp_path))
-    assert Grader.trouble(done, {(WHOLE, "test_kernel_logged_no_oops_or_warning"): ("fail", "BUG", 0)})
-    assert "not left clean" in Grader.trouble(done, {("hello", "test_proc_entry_is_gone[hello]"): ("fail", "", 0)})
-    assert Grader.trouble(done, {("hello", "test_message_round_trips"): ("fail", "wrong", 0)}) == ""
-    assert "did not complete" in Grader.trouble(subprocess.CompletedProcess([], 2), {})
+    assert "ran out of time" in trouble(CATALOGUE, done, outcomes(tmp_path))
+    assert trouble(CATALOGUE, done, {(WHOLE, "test_kernel_logged_no_oops_or_warning"): ("fail", "BUG", 0)})
+    assert "not left clean" in trouble(
+        CATALOGUE, done, {("my_timer", "test_proc_entry_is_gone[my_timer]"): ("fail", "", 0)}
+    )
+    assert trouble(CATALOGUE, done, {("hello", "test_message_round_trips"): ("fail", "wrong", 0)}) == ""
+    assert "did not complete" in trouble(CATALOGUE, subprocess.CompletedProcess([], 2), {})
 
 
 class FakeVm:
@@ -252,19 +255,26 @@ def test_the_labs_and_molecules_inventories_pass_the_guard(tmp_path, monkeypatch
 
 
 def test_rubric_points_reports_and_table(tmp_path):
-    points = {"hello::build": 3, "my_timer::*": 2, "hello::test_module_is_in_lsmod": 5}
+    points = {"hello.build": 3, "my_timer.first_read": 2, "module.in_lsmod": 5}
     rubric = Rubric({"default": 1, "points": points})
-    assert rubric.worth("hello", BUILD) == 3
-    assert rubric.worth("hello", "test_module_is_in_lsmod[hello]") == 5
-    assert rubric.worth("my_timer", "anything") == 2
-    assert rubric.worth(WHOLE, "anything") == 1
-    g = grader(tmp_path)
+    assert rubric.worth("hello.build") == 3
+    assert rubric.worth("module.in_lsmod") == 5
+    assert rubric.worth("my_timer.first_read") == 2
+    assert rubric.worth("submission.kernel_log") == 1
+    rubric.check_keys(CATALOGUE.keys())
+    with pytest.raises(LabError, match="gives points to hello.typo, which no check has"):
+        Rubric({"points": {"hello.typo": 1}}).check_keys(CATALOGUE.keys())
     submission = Submission("alice", tmp_path, ["hello"])
-    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), {"hello": {"ok": True}}, outcomes(tmp_path))
+    verdicts = verdicts_of(
+        CATALOGUE, Job(0, submission, "6.1"), Host("deb-12", "6.1"), {"hello": {"ok": True}}, outcomes(tmp_path)
+    )
     rows = scored(verdicts, rubric)
-    assert sum(r["points"] for r in rows) == 3  # hello::build only; the rest failed, erred or is missing
+    assert {r["key"] for r in rows if r["check"] == "test_module_is_in_lsmod[hello]"} == {"module.in_lsmod"}
+    assert sum(r["points"] for r in rows) == 3  # hello.build only; the rest failed, erred or is missing
     suites = junit(rows).getroot()
     (suite,) = suites.findall("testsuite")
+    keys = {p.get("value") for p in suites.iter("property") if p.get("name") == "key"}
+    assert {"hello.build", "module.in_lsmod", "hello.round_trip"} <= keys
     assert suite.get("name") == "alice"
     assert int(suite.get("tests")) == len(rows)
     assert int(suite.get("failures")) == sum(r["verdict"] == "fail" for r in rows)
@@ -277,7 +287,7 @@ def test_rubric_points_reports_and_table(tmp_path):
 
 
 def test_the_default_rubric_reads_and_a_bad_one_is_refused(tmp_path):
-    assert load_rubric(None).worth("my_timer", BUILD) == 3
+    assert load_rubric(None).worth("my_timer.build") == 3
     bad = tmp_path / "rubric.yml"
     bad.write_text("pointz: {}\n")
     with pytest.raises(LabError, match="a rubric has"):
@@ -286,12 +296,11 @@ def test_the_default_rubric_reads_and_a_bad_one_is_refused(tmp_path):
 
 def test_nothing_loaded_earns_nothing_for_the_checks_of_the_whole(tmp_path):
     """A submission whose only part does not build scores no clean-removal or kernel-log points."""
-    g = grader(tmp_path)
     submission = Submission("bob", tmp_path, ["my_timer"])
     record = {"my_timer": {"ok": False, "msg": "x: kbuild failed (exit 2):\nerror: boom"}}
     ran = {(WHOLE, "test_kernel_logged_no_oops_or_warning"): ("pass", "", 0.1)}
     ran[("my_timer", "test_proc_entry_is_gone[my_timer]")] = ("pass", "", 0.1)
-    verdicts = g.verdicts(Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, ran)
+    verdicts = verdicts_of(CATALOGUE, Job(0, submission, "6.1"), Host("deb-12", "6.1"), record, ran)
     assert [v.verdict for v in verdicts if v.verdict == "pass"] == []
     whole = [v for v in verdicts if v.part == WHOLE]
     assert {v.reason for v in whole} == {"not run: no part of the submission built and loaded"}
@@ -313,7 +322,7 @@ class SchedulingGrader(Grader):
 
 def test_submissions_are_spread_over_the_hosts_of_each_kernel(tmp_path, capsys):
     g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
-    g.catalogue = {"hello": [BUILD]}
+    g.catalogue = Catalogue([], ("hello",))
     g.hosts = [Host("a", "6.1"), Host("b", "6.1"), Host("c", "6.12")]
     submissions = [Submission(f"s{i}", tmp_path, ["hello"]) for i in range(6)]
     seen = []
@@ -333,7 +342,7 @@ def test_submissions_are_spread_over_the_hosts_of_each_kernel(tmp_path, capsys):
 
 def test_a_kernel_whose_only_host_is_lost_grades_on_elsewhere_as_errors(tmp_path):
     g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
-    g.catalogue = {"hello": [BUILD]}
+    g.catalogue = Catalogue([], ("hello",))
     g.hosts = [Host("a", "6.1"), Host("broken", "6.12")]
     jobs = g.grade([Submission(f"s{i}", tmp_path, ["hello"]) for i in range(3)])
     lost = [j for j in jobs if j.kernel == "6.12"]
@@ -405,14 +414,14 @@ def test_preparing_saves_the_lab_machines_disks_at_once(tmp_path, monkeypatch):
     machines = {"deb-12": "debian12", "deb-13": "debian13"}
     vms = [argparse.Namespace(name=name, config=argparse.Namespace(distro=d)) for name, d in machines.items()]
     monkeypatch.setattr(Lab, "vms", lambda self: vms)
-    monkeypatch.setattr("kmodlab.grade.find_mirror", lambda: "http://mirror.example/debian")
+    monkeypatch.setattr("kmodlab.grade.prepare.find_mirror", lambda: "http://mirror.example/debian")
     roots = []
 
     def build_root(distro, release, mirror):
         roots.append((distro.name, release, mirror))
         return f"root of {release}"
 
-    monkeypatch.setattr("kmodlab.grade.ensure_build_root", build_root)
+    monkeypatch.setattr("kmodlab.grade.prepare.ensure_build_root", build_root)
     g.prepare()
     assert sorted(saved) == [("deb-12", {"kernel": "6.1.0-1-amd64"}), ("deb-13", {"kernel": "6.12.1-amd64"})]
     assert sorted(roots) == [
@@ -458,7 +467,7 @@ def test_every_job_on_a_lab_machine_starts_from_its_snapshot(tmp_path, monkeypat
     """A lab machine is returned to its snapshot before each job but the first after the preparation, and
     once more at the end; one that cannot be returned takes no more jobs, which go to the other host."""
     g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
-    g.catalogue = {"hello": [BUILD]}
+    g.catalogue = Catalogue([], ("hello",))
     g.hosts = [Host("a", "6.1", restorable=True, fresh=True), Host("b", "6.1", restorable=True, fresh=True)]
     returned = []
 
@@ -513,14 +522,16 @@ def test_what_a_module_prints_cannot_pass_for_a_time_out():
     for said in ("/proc/hello says: from pytest-timeout", "expected hi, got 'Timeout (>1s) from pytest-timeout'"):
         reason = readable(f"AssertionError: {said}", "")
         assert not reason.startswith("no answer within the time limit")
-        assert Grader.trouble(subprocess.CompletedProcess([], 1), {("hello", "test_x"): ("fail", reason, 0.1)}) == ""
+        assert (
+            trouble(CATALOGUE, subprocess.CompletedProcess([], 1), {("hello", "test_x"): ("fail", reason, 0.1)}) == ""
+        )
     assert readable("Failed: Timeout (>30.0s) from pytest-timeout.", "") == "no answer within the time limit (>30.0s)"
 
 
 def test_a_job_given_back_by_a_host_that_failed_is_taken_by_another(tmp_path, monkeypatch):
     """Host a fails to return to its snapshot after host b found the queue empty: b still grades a's job."""
     g = SchedulingGrader(grader(tmp_path).args, Lab("unit", home=tmp_path / "labs"))
-    g.catalogue = {"hello": [BUILD]}
+    g.catalogue = Catalogue([], ("hello",))
     g.hosts = [Host("a", "6.1", restorable=True), Host("b", "6.1", restorable=True, fresh=True)]
 
     def fresh(self, name):

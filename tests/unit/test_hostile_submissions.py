@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 
 from kmodlab import LabError
-from kmodlab.grade import SAFE_WORD, Grader, Host, Verdict, safe
+from kmodlab.grade.guard import SAFE_WORD, safe
+from kmodlab.grade.rubric import Rubric
+from kmodlab.grade.schedule import Grader
+from kmodlab.grade.verdicts import Host, Verdict
 from kmodlab.lab import Lab
-from kmodlab.reports import REASON_CHARS, Rubric, write_all
+from kmodlab.reports import REASON_CHARS, write_all
 from kmodlab.submissions import MAX_DIRECTORIES, display, refuse_inside, stage
 
 PARTS = ("my_timer", "hello", "syscalls")

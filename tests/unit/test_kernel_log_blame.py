@@ -2,28 +2,26 @@
 TCG, formats as kernel/panic.c, arch/x86/kernel/dumpstack.c, fs/proc/generic.c, lib/string_helpers.c,
 kernel/locking/lockdep.c and kernel/rcu/tree_stall.h print them): what the submission is to blame for fails
 the fleet's kernel-log checks and restores the host; what the emulated machine logs by itself is a note. The
-fleet checks themselves (tests/fleet/test_kernel_log.py, test_removal.py) and the grader's report and restore
+checks themselves (kmodlab/checks/test_kernel_log.py, test_removal.py) and the grader's report and restore
 decision are fed both kinds too."""
 
 from __future__ import annotations
 
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from kmodlab.grade import WHOLE, Grader, Host, Job, checks_of, junit_notes, junit_outcomes, part_names
+from kmodlab.checks import fleet as fleet_helpers
+from kmodlab.checks import test_kernel_log as kernel_log_check
+from kmodlab.checks import test_removal as removal_checks
+from kmodlab.checks.parts import WHOLE
+from kmodlab.grade.checks import Catalogue, Check, junit_notes, junit_outcomes
+from kmodlab.grade.rubric import Rubric
+from kmodlab.grade.verdicts import Host, Job, trouble, verdicts
 from kmodlab.kernel_log import NOTES_PROPERTY, judge
-from kmodlab.lab import Lab
-from kmodlab.reports import Rubric, junit, markdown, scored
+from kmodlab.reports import junit, markdown, scored
 from kmodlab.submissions import Submission
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
-import fleet_helpers  # noqa: E402
-import test_kernel_log as kernel_log_check  # noqa: E402
-import test_removal as removal_checks  # noqa: E402
 
 MODULES = {"hello": "/proc/hello", "my_timer": "/proc/timer"}
 
@@ -383,32 +381,34 @@ def test_the_removal_check_notes_the_clocksource_watchdog_and_fails_on_new_warni
 
 JUNIT = f"""<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="alice" tests="2">
-<testcase classname="tests.fleet.test_kernel_log" name="test_kernel_logged_no_oops_or_warning[ansible://deb-12]"
- time="0.5"><properties><property name="{NOTES_PROPERTY}"
+<testcase classname="kmodlab.checks.test_kernel_log" name="test_kernel_logged_no_oops_or_warning[ansible://deb-12]"
+ time="0.5"><properties><property name="kmodlab_part" value="submission"/>
+ <property name="kmodlab_check" value="test_kernel_logged_no_oops_or_warning"/><property name="{NOTES_PROPERTY}"
  value="clocksource: Long readout interval, skipping watchdog check (clocksource watchdog)"/></properties>
 </testcase>
-<testcase classname="tests.fleet.test_hello" name="test_message_round_trips[ansible://deb-12]" time="1.0"/>
+<testcase classname="kmodlab.checks.test_hello" name="test_message_round_trips[ansible://deb-12]" time="1.0">
+ <properties><property name="kmodlab_part" value="hello"/><property name="kmodlab_check"
+ value="test_message_round_trips"/></properties></testcase>
 </testsuite></testsuites>
 """
 
 
 def test_the_grader_shows_the_notes_and_does_not_restore_for_them(tmp_path):
-    parts = part_names()
     path = tmp_path / "junit.xml"
     path.write_text(JUNIT)
-    outcomes = junit_outcomes(path, parts, "deb-12")
-    notes = junit_notes(path, parts, "deb-12")
+    outcomes = junit_outcomes(path)
+    notes = junit_notes(path)
     check = (WHOLE, "test_kernel_logged_no_oops_or_warning")
     assert notes == {check: "clocksource: Long readout interval, skipping watchdog check (clocksource watchdog)"}
-    assert Grader.trouble(subprocess.CompletedProcess([], 0), outcomes) == ""
-    args = type("Args", (), {"inventory": str(tmp_path / "inv.yml"), "out": str(tmp_path / "out")})()
-    grader = Grader(args, Lab("unit", home=tmp_path / "labs"))
-    grader.catalogue = checks_of([f"tests/fleet/test_kernel_log.py::{check[1]}[ansible://deb-12]"], parts, "deb-12")
+    catalogue = Catalogue([Check(*check, "submission.kernel_log", "kernel_log")])
+    assert trouble(catalogue, subprocess.CompletedProcess([], 0), outcomes) == ""
+    failed = {**outcomes, check: ("fail", "BUG", 0.5)}
+    assert trouble(catalogue, subprocess.CompletedProcess([], 1), failed) == "the kernel logged an oops or warning"
     job = Job(0, Submission("alice", tmp_path, ["hello"]), "6.1")
-    verdicts = grader.verdicts(job, Host("deb-12", "6.1"), {"hello": {"ok": True}}, outcomes, notes)
-    (logged,) = [v for v in verdicts if (v.part, v.check) == check]
+    said = verdicts(catalogue, job, Host("deb-12", "6.1"), {"hello": {"ok": True}}, outcomes, notes)
+    (logged,) = [v for v in said if (v.part, v.check) == check]
     assert (logged.verdict, logged.notes) == ("pass", notes[check])
-    rows = scored(verdicts, Rubric({}))
+    rows = scored(said, Rubric({}))
     assert "not counted (not the submission's doing): clocksource: Long readout interval" in markdown(rows)
     properties = {p.get("name"): p.get("value") for p in junit(rows).getroot().iter("property")}
     assert properties["notes"] == notes[check]

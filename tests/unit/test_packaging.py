@@ -167,11 +167,11 @@ def test_installed_kmodlab_runs_outside_the_checkout(installed, tmp_path):
     assert helped.stdout.startswith("usage: kmodlab "), helped.stdout
     assert " up " in helped.stdout or "up," in helped.stdout or "{up," in helped.stdout
     script = (
-        "import json, os; from kmodlab import paths, images, reports; "
+        "import json, os; from kmodlab import paths, images; from kmodlab.grade.rubric import load_rubric; "
         "print(json.dumps({'checkout': paths.checkout() and str(paths.checkout()), 'package': str(paths.PACKAGE), "
         "'state': str(paths.state_home()), 'inventory': str(paths.default_inventory()), "
         "'boot': os.access(images.GUEST_FILES / 'usr/local/sbin/kmodlab-boot', os.X_OK), "
-        "'rubric': bool(reports.load_rubric(None))}))"
+        "'rubric': bool(load_rubric(None))}))"
     )
     found = subprocess.run(
         [str(installed / "python"), "-c", script], cwd=where, env=env, capture_output=True, text=True, timeout=60

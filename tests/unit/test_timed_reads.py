@@ -1,5 +1,6 @@
-"""The timed reads of the fleet's /proc/timer checks (tests/fleet/test_timer.py), run here on a file: a
-read starts in its window of the clock, and the script says whether every read also ended there."""
+"""The programs the /proc checks run on the hosts (kmodlab/checks/host/procfs.py, for test_timer.py and
+test_hello.py), run here on a file: a timed read starts in its window of the clock, and the program says whether
+every read also ended there; the writes and reads of /proc/hello say what they did."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fleet"))
-import test_timer as timer  # noqa: E402
+from kmodlab.checks import test_timer as timer
+
+PROCFS = Path(timer.__file__).parent / "host" / "procfs.py"
 
 NS = 10**9
 
 
 def timed_reads(entry: Path, *steps: str) -> tuple[list[str], bool]:
-    command = [sys.executable, "-c", timer.TIMED_READS, timer.SEP, str(entry), "0", *steps]
+    command = [sys.executable, "-c", timer.PROCFS, "timed", timer.SEP, str(entry), "0", *steps]
     out = subprocess.run(command, capture_output=True, text=True, check=True)
     *texts, last = out.stdout.split(timer.SEP + "\n")
     _span, landed = last.split()
@@ -42,7 +44,7 @@ def test_the_clock_read_starts_in_its_window(tmp_path):
     entry = tmp_path / "timer"
     entry.write_text("current time: 1795700000.123456789\n")
     out = subprocess.run(
-        [sys.executable, "-c", timer.CLOCK_READ, str(entry), "600-700"], capture_output=True, text=True, check=True
+        [sys.executable, str(PROCFS), "clock", str(entry), "600-700"], capture_output=True, text=True, check=True
     )
     clocks, _, text = out.stdout.partition("\n")
     t0, t1, landed = map(int, clocks.split())
@@ -63,3 +65,32 @@ def test_the_aim_is_checked_on_the_times_the_module_printed():
     assert timer.in_windows([first, second], ("700-900", "1+100-300:bytes"))
     assert not timer.in_windows([second, first], ("700-900", "1+100-300:bytes"))
     assert timer.in_windows(["no time here"], ("100-200",))
+
+
+def test_the_program_the_checks_send_is_the_packaged_file():
+    assert PROCFS.read_text() == timer.PROCFS
+
+
+def test_concurrent_readers_each_read_every_time(tmp_path):
+    entry = tmp_path / "timer"
+    entry.write_text("current time: 1.000000000\nelapsed time: 0.100000000\n")
+    out = subprocess.run(
+        [sys.executable, str(PROCFS), "concurrent", "SEP", str(entry), "3", "4"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("SEP\n") == [entry.read_text()] * 12 + [""]
+
+
+def test_hello_steps_write_and_read_with_single_system_calls(tmp_path):
+    """Each step prints one line: a write's count (or -errno), a read's length and escaped text."""
+    entry = tmp_path / "hello"
+    entry.write_bytes(b"")
+    out = subprocess.run(
+        [sys.executable, str(PROCFS), "hello", str(entry), "W:hi\n", "r", "w:3", "r"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.splitlines() == ["3", "3 hi\\n", "3", "3 xxx"]
+    missing = subprocess.run(
+        [sys.executable, str(PROCFS), "hello", str(tmp_path / "none" / "hello"), "r"], capture_output=True, text=True
+    )
+    assert missing.returncode != 0 and "FileNotFoundError" in missing.stderr

@@ -2,7 +2,7 @@
 and the kernel logged no warning.
 
 Runs only with --removal (it takes the modules off the hosts); molecule's verify step passes it.
-conftest.py runs these tests after all others, whatever the file names.
+The plugin runs these checks after all others, whatever the file names.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from fleet_helpers import (
+
+from kmodlab.checks.fleet import (
     BUILD_ROOT,
     CRASHED,
     HUNG,
@@ -18,6 +19,7 @@ from fleet_helpers import (
     SYSCALLS_DEST,
     console_lines,
     console_size,
+    host_program,
     hosts_under_test,
     judged,
     note,
@@ -25,6 +27,7 @@ from fleet_helpers import (
     run_playbook,
     warnings_in_dmesg,
 )
+from kmodlab.checks.plugin import RMMOD_LIMIT
 
 pytestmark = pytest.mark.removal
 
@@ -36,43 +39,18 @@ def run_remove(request, limit: str) -> str:
     return result.stdout
 
 
-# The grader's removal of a submission: what it loaded was a build, insmod-ed from its build directory
-# (nothing installed, no boot entry), so taking it off is rmmod of each module that is loaded, in
-# remove.yml's order, and the build directories and Part I files gone. One command, where remove.yml
-# costs a Python start on the host per step (about 19 s under emulation). If something stays, the
-# removal checks fail, and the grader restores the host or runs remove.yml before the next submission.
-# rmmod runs in the background and is waited for LIMIT seconds at most: a module whose code crashed the
-# kernel inside a /proc handler leaves that entry in use for ever, and its rmmod then waits, unkillable,
-# for the entry's users to leave (the command would never end).
-GRADER_REMOVAL = """
-out=$(mktemp)
-for name in {modules}; do
-    [ -e /sys/module/$name ] || continue
-    rmmod $name </dev/null >"$out" 2>&1 &
-    pid=$! tenths=0
-    while kill -0 $pid 2>/dev/null && [ $tenths -lt {limit}0 ]; do sleep 0.1; tenths=$((tenths + 1)); done
-    if kill -0 $pid 2>/dev/null; then
-        echo "rmmod $name did not return within {limit} s"
-    elif ! wait $pid; then
-        echo "rmmod $name failed: $(cat "$out")"
-    fi
-done
-rm -rf "$out" {paths}
-"""
-# Seconds the grader's removal waits for each rmmod; after a crash of the kernel (the host is restored
-# then anyway), less.
-RMMOD_LIMIT = 60
+# The grader's removal of a submission (kmodlab/checks/host/grader_removal.sh says what it does and why); after a
+# crash of the kernel (the host is restored then anyway), it waits less for each rmmod.
+GRADER_REMOVAL = host_program("grader_removal.sh")
 RMMOD_LIMIT_AFTER_CRASH = 10
 
 
 def grader_removal(host) -> str:
-    """Take a graded submission off HOST (GRADER_REMOVAL); return what it printed."""
+    """Take a graded submission off HOST (GRADER_REMOVAL: its modules in remove.yml's order); return what it printed."""
     paths = [f"{BUILD_ROOT}/{name}" for name in MODULES] + [SYSCALLS_DEST]
     limit = RMMOD_LIMIT_AFTER_CRASH if host.backend.get_hostname() in CRASHED else RMMOD_LIMIT
-    command = GRADER_REMOVAL.format(
-        modules=" ".join(reversed(MODULES)), paths=" ".join(map(shlex.quote, paths)), limit=limit
-    )
-    result = host.run(command)
+    words = [str(limit), *reversed(MODULES), "--", *paths]
+    result = host.run(shlex.join(["sh", "-c", GRADER_REMOVAL, "grader-removal", *words]))
     return result.stdout + result.stderr
 
 
@@ -105,6 +83,7 @@ def removed(request, host):
     return dict(removal, name=name, warnings_before=removal["warnings_before"][name])
 
 
+@pytest.mark.kmodlab_check(part="submission", key="removal.idempotent")
 @pytest.mark.reference
 def test_removal_changed_something_then_nothing(removed):
     """remove.yml changes the host once; a second run reports changed=0."""
@@ -114,6 +93,7 @@ def test_removal_changed_something_then_nothing(removed):
     assert second["changed"] == 0
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="removal.module_unloaded", trouble="not_clean")
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_is_not_loaded(host, removed, name):
     """Neither lsmod nor /sys/module knows the module."""
@@ -122,12 +102,14 @@ def test_module_is_not_loaded(host, removed, name):
     assert not host.file(f"/sys/module/{name}").exists
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="removal.proc_entry_gone", trouble="not_clean")
 @pytest.mark.parametrize("name", sorted(name for name in MODULES if MODULES[name]))
 def test_proc_entry_is_gone(host, removed, name):
     """The module's /proc entry no longer exists."""
     assert not host.file(MODULES[name]).exists
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="removal.files_gone", trouble="not_clean")
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_installed_files_are_gone(host, removed, name):
     """No .ko under updates/ of any kernel, no kept copy, no boot entry, no sources; modprobe finds nothing."""
@@ -137,6 +119,7 @@ def test_installed_files_are_gone(host, removed, name):
     assert host.run(f"modinfo {name}").rc != 0
 
 
+@pytest.mark.kmodlab_check(part="submission", key="removal.no_boot_load", trouble="not_clean")
 def test_nothing_loads_at_boot_any_more(host, removed):
     """The boot unit, its enablement and its script are gone with the last module."""
     for path in (
@@ -164,7 +147,8 @@ KMODLAB_PATHS = (
 KMODLAB_GLOBS = ("/etc/modprobe.d/kmodlab-*.conf", "/etc/modprobe.d/kmodlab-*.conf.tmp")
 
 
-@pytest.mark.reference  # the grader's removal takes off only the builds (GRADER_REMOVAL)
+@pytest.mark.kmodlab_check(part="submission", key="removal.nothing_left")
+@pytest.mark.reference  # the grader's removal takes off only the builds (grader_removal.sh)
 def test_nothing_of_kmodlab_is_left(host, removed):
     """remove.yml leaves no path of kmodlab on the host, of any kernel: no state, configuration or build
     directory, no build logs, no boot script or unit, no kernel hooks, no module parameters in /etc/modprobe.d,
@@ -177,11 +161,13 @@ def test_nothing_of_kmodlab_is_left(host, removed):
     assert left.stdout.split() == [], removed["first"][-2000:]
 
 
+@pytest.mark.kmodlab_check(part="submission", key="removal.part1_gone", trouble="not_clean")
 def test_part1_files_are_gone(host, removed):
     """The Part I programs and traces are gone."""
     assert not host.file(SYSCALLS_DEST).exists
 
 
+@pytest.mark.kmodlab_check(part="submission", key="removal.kernel_log", trouble="kernel_log")
 def test_kernel_logged_no_warning_during_removal(host, removed, request):
     """The kernel logged nothing of the submission's doing during the removal (kmodlab.kernel_log): with
     --kernel-log, no oops, BUG, WARNING or the like on the console since the removal began; else no new dmesg

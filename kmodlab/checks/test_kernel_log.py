@@ -1,18 +1,20 @@
 """The kernel logged no oops, BUG or warning of the submission's doing while its modules were deployed and checked.
 
 Runs only with --grading: the grader clears the kernel log before it deploys a submission, so every
-line there is the submission's doing or the machine's own. conftest.py runs it after the checks of the modules.
+line there is the submission's doing or the machine's own. The plugin runs it after the checks of the modules.
 What the submission is blamed for, and what is a note, kmodlab.kernel_log decides.
 """
 
 from __future__ import annotations
 
 import pytest
-from fleet_helpers import KERNEL_LOG, console_shows_warnings, kernel_log_judged, note
+
+from kmodlab.checks.fleet import KERNEL_LOG, console_shows_warnings, kernel_log_judged, note
 
 pytestmark = pytest.mark.grading
 
 
+@pytest.mark.kmodlab_check(part="submission", key="submission.kernel_log", trouble="kernel_log")
 def test_kernel_logged_no_oops_or_warning(host, request):
     """The kernel log since the deploy (with --kernel-log: the console, which must still show a warning written
     now) has no oops, BUG, WARNING, lockdep, KASAN or UBSAN report, lockup, hung task or double /proc entry of

@@ -7,7 +7,8 @@ import shlex
 from decimal import Decimal
 
 import pytest
-from fleet_helpers import BUILD_ROOT, HOST_READ, MODULES, warnings_in_dmesg
+
+from kmodlab.checks.fleet import BUILD_ROOT, MODULES, host_program, warnings_in_dmesg
 
 CURRENT = re.compile(r"current time: (\d+\.\d{9})\n")
 BOTH = re.compile(r"current time: (\d+\.\d{9})\nelapsed time: (\d+\.\d{9})\n")
@@ -18,98 +19,9 @@ TIMER = MODULES["my_timer"]
 SLEEP_SLACK = Decimal("1.5")
 NS = 10**9
 
-# Run on the host by python3 (Ansible's interpreter there): reads /proc/timer at chosen moments of the
-# module's own clock (the host's clock plus OFFSET nanoseconds: see clock_offset). argv: the separator,
-# the entry, OFFSET, then one step per read, [PAUSE+]LO-HI[:KIND]: sleep PAUSE seconds, then start the
-# read when the clock's milliseconds are in [LO, HI); KIND is `whole` (read until EOF, the default),
-# `bytes` (one byte per read(2), as dd bs=1) or `eof` (then 50 more reads at EOF on the same open file).
-# Prints each read's text and the separator after it, then the nanoseconds from the start of the first
-# read to the end of the last and whether every read landed: began and ended within its window, in one
-# second (a slow host can start a read late: the test then tries again).
-TIMED_READS = (
-    HOST_READ
-    + r"""
-import os, sys, time
-sep, entry, offset, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
-def wait(lo, hi):
-    while not lo <= (time.time_ns() + offset) % 10**9 < hi:
-        time.sleep(((lo - time.time_ns() - offset) % 10**9) / 1e9)
-def read_as(kind):
-    if kind == "whole":
-        return read(entry)
-    fd = os.open(entry, os.O_RDONLY)
-    try:
-        parts = [os.read(fd, 1 if kind == "bytes" else 4096)]
-        while parts[-1]:
-            parts.append(os.read(fd, 1 if kind == "bytes" else 4096))
-        if kind == "eof":
-            parts += [os.read(fd, 4096) for _ in range(50)]
-        return b"".join(parts)
-    finally:
-        os.close(fd)
-start, landed = None, True
-for step in steps:
-    pause, _, rest = step.rpartition("+")
-    window, _, kind = rest.partition(":")
-    lo, hi = (int(x) * 10**6 for x in window.split("-"))
-    time.sleep(float(pause or 0))
-    wait(lo, hi)
-    before = time.time_ns()
-    start = start or before
-    text = read_as(kind or "whole")
-    after = time.time_ns()
-    before, after = before + offset, after + offset
-    landed = landed and before // 10**9 == after // 10**9 and lo <= before % 10**9 and after % 10**9 < hi
-    print(text.decode(errors="replace"), end=sep + "\n")
-print(time.time_ns() - start, int(landed))
-"""
-)
-# Run on the host: the host's clock, a read, the host's clock again; five times, and prints the two
-# clocks of the quickest (the module's time is known best there) that landed in the window, and 1 (0
-# when none did: then of the quickest of all), then that read's text. argv: the entry, then optionally
-# a window LO-HI: each read starts when the host clock's milliseconds are in it, and landed if it ended
-# there too, in the same second.
-CLOCK_READ = (
-    HOST_READ
-    + r"""
-import sys, time
-lo, hi = (int(x) * 10**6 for x in (sys.argv[2] if len(sys.argv) > 2 else "0-1000").split("-"))
-tries = []
-for _ in range(5):
-    while not lo <= time.time_ns() % 10**9 < hi:
-        time.sleep(((lo - time.time_ns()) % 10**9) / 1e9)
-    t0 = time.time_ns(); text = read(sys.argv[1]); t1 = time.time_ns()
-    landed = lo <= t0 % 10**9 and t0 // 10**9 == t1 // 10**9 and t1 % 10**9 < hi
-    tries.append((not landed, t1 - t0, t0, t1, text))
-missed, _, t0, t1, text = min(tries)
-print(t0, t1, int(not missed)); print(text.decode(errors="replace"), end="")
-"""
-)
-# Run on the host: READERS processes (forked, so they start at once: no exec per read as with cat, which
-# costs seconds under emulation) each read ENTRY to its end READS times; prints every read's text with the
-# separator after it. argv: the separator, the entry, READERS, READS.
-CONCURRENT_READS = (
-    HOST_READ
-    + r"""
-import os, sys
-sep, entry, readers, reads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-pipes = []
-for _ in range(readers):
-    r, w = os.pipe()
-    if os.fork() == 0:
-        os.close(r)
-        texts = [read(entry) + sep.encode() + b"\n" for _ in range(reads)]
-        os.write(w, b"".join(texts))
-        os._exit(0)
-    os.close(w)
-    pipes.append(r)
-for r in pipes:
-    with os.fdopen(r, "rb") as f:
-        sys.stdout.write(f.read().decode(errors="replace"))
-failed = [os.wait()[1] for _ in pipes]
-sys.exit(1 if any(failed) else 0)
-"""
-)
+# The program that reads /proc/timer on the host (kmodlab/checks/host/procfs.py: its commands timed, clock and
+# concurrent say what they print).
+PROCFS = host_program("procfs.py")
 # Tries of a timed test whose condition (on the module's own times) a slow host did not meet.
 TRIES = 3
 # The time a read printed first, whatever its label or padding: its nanoseconds are the digits' value
@@ -127,7 +39,7 @@ def clock_offset(host) -> int:
     give or take the read): the timed reads aim at the module's own clock, so that a module on another
     clock (monotonic) meets their conditions as surely as one on the wall clock. 0 if unreadable (the
     checks' own assertions then judge what the module prints)."""
-    out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(CLOCK_READ)} {TIMER}")
+    out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(PROCFS)} clock {TIMER}")
     clocks, _, text = out.stdout.partition("\n")
     match = PRINTED.match(text) if out.rc == 0 else None
     if not match:
@@ -148,9 +60,9 @@ def reload_timer(host, request):
 
 
 def timed_reads(host, *steps: str, offset: int = 0) -> tuple[list[str], int, bool]:
-    """Read /proc/timer once per step (see TIMED_READS) in one process on the host: the texts, the span in
+    """Read /proc/timer once per step (procfs.py timed) in one process on the host: the texts, the span in
     ns, and whether every read landed in its window."""
-    command = f"timeout -k 5 60 python3 -c {shlex.quote(TIMED_READS)} {SEP} {TIMER} {offset} {' '.join(steps)}"
+    command = f"timeout -k 5 60 python3 -c {shlex.quote(PROCFS)} timed {SEP} {TIMER} {offset} {' '.join(steps)}"
     out = host.run(command)
     assert out.rc == 0, f"the timed reads failed (rc {out.rc}): {out.stderr}"
     *texts, last = out.stdout.split(SEP + "\n")
@@ -202,6 +114,7 @@ def parse(text: str) -> tuple[Decimal, Decimal]:
     return Decimal(match.group(1)), Decimal(match.group(2))
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.mode")
 def test_proc_timer_is_read_only_for_everyone(host):
     """/proc/timer exists, anyone may read it and no one but its owner (root) may write it."""
     entry = host.file(TIMER)
@@ -210,6 +123,7 @@ def test_proc_timer_is_read_only_for_everyone(host):
     assert entry.mode & 0o022 == 0, f"mode {entry.mode:04o}: writable by others than root"
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.first_read")
 def test_first_read_after_load_prints_only_current_time(host, reload_timer):
     """The first read after loading prints one `current time` line and nothing else.
 
@@ -229,6 +143,7 @@ def apart(first: str, second: str) -> bool:
     return now1 is None or now2 is None or nanoseconds(now2) - nanoseconds(now1) >= NS // 10
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.elapsed_since_first")
 def test_second_read_reports_time_since_first(host, reload_timer):
     """After a sleep of 2 s, elapsed is 2 s (+ at most 1.5 s) and equals the difference of the two current times."""
     offset = clock_offset(host)
@@ -243,6 +158,7 @@ def test_second_read_reports_time_since_first(host, reload_timer):
     assert elapsed == now2 - now1
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.elapsed_from_previous")
 def test_elapsed_is_measured_from_the_previous_read(host):
     """Read, sleep 1, read, sleep 2, read: the third read reports about 2 s, not 3."""
     offset = clock_offset(host)
@@ -255,6 +171,7 @@ def test_elapsed_is_measured_from_the_previous_read(host):
     assert Decimal(2) <= elapsed3 < Decimal(2) + SLEEP_SLACK
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.borrow")
 def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
     """Read at .7-.9 s of a second, then at .1-.3 s of the next: elapsed is exactly the difference of the times.
 
@@ -277,6 +194,7 @@ def test_elapsed_borrows_a_second_when_the_nanoseconds_wrap(host):
     assert elapsed == now2 - now1, f"expected elapsed {now2 - now1} ({now2} - {now1}), got {elapsed}"
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.nine_digits")
 def test_short_elapsed_time_keeps_nine_digits(host):
     """Two reads in a row, less than 0.1 s apart: elapsed still prints its nanoseconds as exactly 9 digits.
 
@@ -293,13 +211,14 @@ def test_short_elapsed_time_keeps_nine_digits(host):
     assert BOTH.fullmatch(second), f"expected two lines ending in 9-digit nanoseconds, got {second!r}"
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.host_clock")
 def test_current_time_agrees_with_the_host_clock(host):
     """The current time lies between the host's clock read just before and just after.
 
     Read at .1-.9 s of the host's clock, so that a padding bug (its own check) cannot show here by chance.
     """
     for _try in range(TRIES):
-        out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(CLOCK_READ)} {TIMER} 100-900")
+        out = host.run(f"timeout -k 5 30 python3 -c {shlex.quote(PROCFS)} clock {TIMER} 100-900")
         assert out.rc == 0, out.stderr
         clocks, _, output = out.stdout.partition("\n")
         t0, t1, landed = map(int, clocks.split())
@@ -312,6 +231,7 @@ def test_current_time_agrees_with_the_host_clock(host):
     assert before <= now <= after, f"expected a time between {before} and {after}, got {now}"
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.byte_reads")
 def test_byte_by_byte_read_gives_the_same_lines_as_cat(host):
     """A read of one byte at a time (as dd bs=1) gets two well-formed lines, and its elapsed time runs from
     the whole read before it."""
@@ -325,6 +245,7 @@ def test_byte_by_byte_read_gives_the_same_lines_as_cat(host):
     assert elapsed == now_bytes - now_whole
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.eof_reads")
 def test_eof_read_does_not_count_as_a_read(host):
     """A reader that reads past EOF many times still counts once: the next read's elapsed runs from its snapshot."""
     offset = clock_offset(host)
@@ -337,10 +258,11 @@ def test_eof_read_does_not_count_as_a_read(host):
     assert elapsed == now2 - now1
 
 
+@pytest.mark.kmodlab_check(part="my_timer", key="my_timer.concurrent_reads")
 def test_concurrent_readers_get_well_formed_output(host):
     """8 readers x 25 reads at once: every read is two well-formed lines and the kernel logs no warning."""
     before = warnings_in_dmesg(host)
-    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(CONCURRENT_READS)} {SEP} {TIMER} 8 25")
+    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(PROCFS)} concurrent {SEP} {TIMER} 8 25")
     assert out.rc == 0, out.stderr
     chunks = [c for c in out.stdout.split(SEP + "\n") if c]
     assert len(chunks) == 200

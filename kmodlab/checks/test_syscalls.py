@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fleet_helpers import SYSCALLS_DEST as TRACES
+import pytest
+
+from kmodlab.checks.fleet import SYSCALLS_DEST as TRACES
 
 
 def system_calls(host, path: str) -> list[str]:
@@ -11,12 +13,14 @@ def system_calls(host, path: str) -> list[str]:
     return [line.split("(", 1)[0] for line in lines if line and not line.startswith(("+++ ", "--- "))]
 
 
+@pytest.mark.kmodlab_check(part="syscalls", key="syscalls.traces_exist")
 def test_traces_exist(host):
     """empty.trace and part1.trace are where the README says."""
     for name in ("empty.trace", "part1.trace"):
         assert host.file(f"{TRACES}/{name}").size > 0
 
 
+@pytest.mark.kmodlab_check(part="syscalls", key="syscalls.five_more_calls")
 def test_part1_makes_exactly_five_more_system_calls(host):
     """part1.trace has exactly 5 more system-call entries than empty.trace."""
     empty = system_calls(host, f"{TRACES}/empty.trace")

@@ -10,55 +10,22 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from fleet_helpers import HOST_READ, MODULES
+
+from kmodlab.checks.fleet import MODULES, host_program
 
 HELLO = MODULES["hello"]
 # The longest write the tests make in one write(2): more than any sensible message buffer.
 LONG_WRITE = 8192
 
-# Run on the host by python3: writes and reads /proc/hello with single system calls. argv: the entry,
-# then steps: `w:N` writes N bytes of x in one write(2) and prints its return value (or -errno);
-# `W:TEXT` writes TEXT; `r` reads the entry to its end and prints the length and the text.
-# `cap` finds the largest N whose write is taken and read back whole (binary search up to
-# LONG_WRITE) and prints it.
-HELLO_STEPS = (
-    HOST_READ
-    + r"""
-import sys
-entry = sys.argv[1]
-def write(data):
-    fd = os.open(entry, os.O_WRONLY)
-    try:
-        return os.write(fd, data)
-    except OSError as err:
-        return -err.errno
-    finally:
-        os.close(fd)
-def kept_whole(n):
-    return write(b"x" * n) == n and read(entry) == b"x" * n
-for step in sys.argv[2:]:
-    if step.startswith("w:"):
-        print(write(b"x" * int(step[2:])))
-    elif step.startswith("W:"):
-        print(write(step[2:].encode()))
-    elif step == "r":
-        text = read(entry)
-        print(len(text), text.decode(errors="backslashreplace").encode("unicode_escape").decode())
-    elif step.startswith("cap:"):
-        lo, hi = 1, int(step[4:])
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if kept_whole(mid) else (lo, mid - 1)
-        print(lo)
-    sys.stdout.flush()
-"""
-)
+# The program that writes and reads /proc/hello on the host with single system calls (kmodlab/checks/host/procfs.py:
+# its command hello says what it prints).
+PROCFS = host_program("procfs.py")
 
 
 def steps(host, *args: str) -> list[str]:
-    """Run HELLO_STEPS on the host (60 s at most): one output line per step."""
+    """Run procfs.py hello on the host (60 s at most): one output line per step."""
     words = " ".join(shlex.quote(arg) for arg in args)
-    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(HELLO_STEPS)} {HELLO} {words}")
+    out = host.run(f"timeout -k 5 60 python3 -c {shlex.quote(PROCFS)} hello {HELLO} {words}")
     assert out.rc == 0, f"the writes and reads of {HELLO} failed (rc {out.rc}): {out.stderr.strip()[-500:]}"
     return out.stdout.splitlines()
 
@@ -69,6 +36,7 @@ def read_back(line: str) -> str:
     return text.encode().decode("unicode_escape")
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.mode")
 def test_proc_hello_is_writable_by_root_only(host):
     """/proc/hello is owned by root, writable by it and by no one else."""
     entry = host.file(HELLO)
@@ -78,6 +46,7 @@ def test_proc_hello_is_writable_by_root_only(host):
     assert entry.mode & 0o022 == 0, f"mode {entry.mode:04o}: writable by others than root"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.empty_at_load")
 @pytest.mark.reference
 def test_read_before_any_write_is_empty(host):
     """Right after loading, a read returns nothing."""
@@ -85,6 +54,7 @@ def test_read_before_any_write_is_empty(host):
     assert host.check_output(f"cat {HELLO} | wc -c") == "0"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.round_trip")
 def test_message_round_trips(host):
     """echo hi > /proc/hello; cat /proc/hello prints hi, also right after a longer message."""
     steps(host, "w:100")
@@ -92,6 +62,7 @@ def test_message_round_trips(host):
     assert host.check_output(f"cat {HELLO}") == "hi"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.root_only")
 def test_non_root_write_is_refused(host):
     """A write by nobody fails with permission denied and leaves the message as it was."""
     host.run_test(f"echo kept > {HELLO}")
@@ -101,6 +72,7 @@ def test_non_root_write_is_refused(host):
     assert host.check_output(f"cat {HELLO}") == "kept"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.long_write")
 def test_long_write_is_taken_whole_or_refused(host):
     """One write(2) of 8192 bytes returns 8192 (what is kept is a prefix of it) or an error (the message stays).
 
@@ -117,6 +89,7 @@ def test_long_write_is_taken_whole_or_refused(host):
     assert text == "x" * len(text), f"read back {len(text)} bytes that are not a prefix of what was written"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.full_buffer")
 def test_message_that_fills_the_buffer_reads_back_exactly(host):
     """The longest message kept whole (found by trying lengths) reads back as written, then again as written.
 
@@ -130,6 +103,7 @@ def test_message_that_fills_the_buffer_reads_back_exactly(host):
         assert read_back(line) == "x" * n, f"after a write of {n} bytes, read {line.split(' ', 1)[0]} bytes back"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.longest_kept")
 @pytest.mark.reference
 def test_longest_message_is_kept_whole(host):
     """A 255-byte write is accepted and read back whole."""
@@ -137,6 +111,7 @@ def test_longest_message_is_kept_whole(host):
     assert host.check_output(f"cat {HELLO}") == "a" * 255
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.too_long_refused")
 @pytest.mark.reference
 def test_too_long_write_fails_and_keeps_the_message(host):
     """A 256-byte write fails with EMSGSIZE (no partial write) and the old message stays."""
@@ -147,6 +122,7 @@ def test_too_long_write_fails_and_keeps_the_message(host):
     assert host.check_output(f"cat {HELLO}") == "kept"
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.small_reads")
 def test_small_reads_get_the_message_in_pieces(host):
     """Reading 7 bytes (or 1) at a time gives the whole message (43 bytes, or as many as the module keeps)."""
     (capacity,) = steps(host, f"cap:{LONG_WRITE}")
@@ -156,6 +132,7 @@ def test_small_reads_get_the_message_in_pieces(host):
     assert host.check_output(f"timeout 30 dd if={HELLO} bs=1 status=none") == message
 
 
+@pytest.mark.kmodlab_check(part="hello", key="hello.empty_write")
 @pytest.mark.reference
 def test_empty_write_changes_nothing(host):
     """A write of 0 bytes succeeds and leaves the message as it was."""

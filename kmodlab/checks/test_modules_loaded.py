@@ -6,9 +6,11 @@ The grader loads a build without installing it: the checks of the install are ma
 from __future__ import annotations
 
 import pytest
-from fleet_helpers import BUILD_ROOT, MODULES, module_version
+
+from kmodlab.checks.fleet import BUILD_ROOT, MODULES, module_version
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="module.in_lsmod")
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_is_in_lsmod(host, name):
     """lsmod lists the module."""
@@ -16,6 +18,7 @@ def test_module_is_in_lsmod(host, name):
     assert name in names
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="module.installed_is_loaded")
 @pytest.mark.installed
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_installed_module_is_the_loaded_one(host, name):
@@ -29,6 +32,7 @@ def test_installed_module_is_the_loaded_one(host, name):
     )
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="module.loaded_is_built")
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_loaded_module_is_the_one_built_from_the_sources(host, name):
     """The loaded module has the srcversion of the .ko built on the host from the sources deployed."""
@@ -38,6 +42,7 @@ def test_loaded_module_is_the_one_built_from_the_sources(host, name):
     assert host.check_output(f"modinfo -F srcversion {built}") == srcversion, f"{built} is not the loaded module"
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="module.version")
 @pytest.mark.reference  # a version written another way (a macro) is no fault; the srcversion proves the build
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_loaded_version_is_the_source_version(host, request, name):
@@ -47,6 +52,7 @@ def test_loaded_version_is_the_source_version(host, request, name):
     assert (version.content_string.strip() if version.exists else "") == wanted
 
 
+@pytest.mark.kmodlab_check(part_from="name", key="module.modprobe_finds")
 @pytest.mark.installed
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_modprobe_finds_the_module(host, name):
