@@ -228,6 +228,7 @@ recovered:
 import os
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_paths import read, sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
     CLEAN,
@@ -251,16 +252,12 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     plan_absent,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
-    ModuleOnHost,
-    StepFailed,
-    Stuck,
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, Stuck
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_params import (
     name_error,
     options_changed,
     options_of,
     params_error,
-    read,
-    sha256_of,
 )
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import (
     SourceError,
