@@ -20,6 +20,7 @@ from pathlib import Path
 from kmodlab import LabError
 from kmodlab.cache import PackageCache
 from kmodlab.images import Image, cache_dir
+from kmodlab.kernels import newest_kernel
 from kmodlab.progress import say
 from kmodlab.signals import interrupts_held
 from kmodlab.ssh import (
@@ -29,7 +30,7 @@ from kmodlab.ssh import (
     known_hosts_lines,
     ssh_config_text,
 )
-from kmodlab.vm import POWEROFF_TIMEOUT, Vm, VmConfig, newest_kernel
+from kmodlab.vm import POWEROFF_TIMEOUT, Vm, VmConfig
 
 DEFAULT_SSH_TIMEOUT = 600.0
 

@@ -8,7 +8,7 @@ One process per image cache (kmodlab.images.cache_dir()), its only writer: its p
 (data/) stay there between labs and sessions; its configuration, log and pid file live beside
 them. It listens on LOOPBACK only, on a port of its own (never the port of Debian's
 apt-cacher-ng service, whose configuration and files it does not use). QEMU forwards each
-machine's proxy address to it (kmodlab.vm.proxy_forward). A lab's `up` and `start` start it or
+machine's proxy address to it (kmodlab.qemu.proxy_forward). A lab's `up` and `start` start it or
 reuse the running one; a lab's `down` stops it once no running machine is forwarded to it.
 
 Its transfer log (log/apt-cacher.log) has one line per transfer, `TIME|KIND|BYTES|CLIENT|PATH`
@@ -36,8 +36,9 @@ from kmodlab import LabError
 from kmodlab.images import cache_dir
 from kmodlab.mirror import find_mirror
 from kmodlab.progress import say
+from kmodlab.qemu import LOOPBACK, proxy_forward
 from kmodlab.signals import interrupts_held
-from kmodlab.vm import LOOPBACK, pick_port, proxy_forward
+from kmodlab.vm import pick_port
 
 PROGRAM = "apt-cacher-ng"
 FIRST_PORT = 3143  # Debian's apt-cacher-ng service listens on 3142

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kmodlab import LabError
+from kmodlab.accel import choose_accel
 from kmodlab.booting import DEFAULT_SSH_TIMEOUT, Booting
 from kmodlab.cache import PackageCache
 from kmodlab.distros import get_distro
@@ -47,7 +48,6 @@ from kmodlab.vm import (
     DEFAULT_MEMORY_MIB,
     Vm,
     VmConfig,
-    choose_accel,
     cpus_per_machine,
     pick_port,
 )
