@@ -28,7 +28,8 @@ import yaml
 from kmodlab import LabError
 from kmodlab import cache as cache_module
 from kmodlab import lab as lab_module
-from kmodlab.cache import LogMark, PackageCache, log_mark, parse_line, read_transfers, stats
+from kmodlab.cache import PackageCache
+from kmodlab.cache_log import LogMark, log_mark, parse_line, read_transfers, stats
 from kmodlab.cli import main
 from kmodlab.images import Image
 from kmodlab.lab import Lab, VmSpec
