@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from kmodlab import LabError
-from kmodlab.cache import LogMark, PackageCache, log_mark, read_transfers, stats, stats_text
+from kmodlab.cache import PackageCache
+from kmodlab.cache_log import LogMark, log_mark, read_transfers, stats, stats_text
 from kmodlab.distros import DEFAULT_FLEET, DISTROS, get_distro
 from kmodlab.grade.command import grade_command
 from kmodlab.grade.jobs import DEFAULT_CHECK_TIMEOUT

@@ -1,63 +1,40 @@
-"""One lab machine's life: overlay disk, kernel, QEMU command line and process, serial log, stop; the KVM probe boot.
+"""One lab machine's life: its directory and config, its QEMU process (start, monitor, snapshot, stop), serial log.
 
 A machine boots the kernel and initrd of its base image, or, once `reboot` has copied
 a kernel installed inside the guest into its directory, that kernel (see boot_files).
 
-Its network is QEMU's user-mode network: ssh is forwarded from LOOPBACK:port to the guest,
-and the guest reaches the controller's package cache (kmodlab.cache) as its apt proxy at
-PROXY_ADDRESS:PROXY_PORT, which QEMU forwards to the cache through a relay (RELAY) per
-connection. An air-gapped machine (restrict=on) has no other way out.
+Its QEMU command line, network and disks are kmodlab.qemu's; the KVM probe boot is kmodlab.accel's; which of
+a guest's kernels is newest, kmodlab.kernels'.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import functools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kmodlab import LabError, require_tool
 from kmodlab.images import Image, backing_file
-from kmodlab.progress import say
+from kmodlab.qemu import LOOPBACK, QEMU, QMP_SOCKET, RELAY, create_overlay, qemu_command, qemu_img
 from kmodlab.signals import interrupts_held
 
-QEMU = "qemu-system-x86_64"
-# The emulated CPU under TCG: every feature QEMU emulates (SMAP and SMEP among them, which catch a module
-# writing straight into a user pointer), but not ERMS and FSRM, whose "rep movsb/stosb" TCG runs a byte at a
-# time while the kernel and glibc prefer them for copies and page clearing. Measured on one Debian 12 guest
-# (2-core host): a 300 MiB allocation 1.0 s against 1.9 s, a module's kbuild 15.0-16.2 s against 15.7-16.8 s,
-# apt-get install build-essential with headers 71 s against 75 s.
-TCG_CPU = "max,-erms,-fsrm"
 # Virtual CPUs of a machine started on its own; a lab shares the host's cores among its machines
 # (cpus_per_machine).
 DEFAULT_CPUS = 2
 DEFAULT_MEMORY_MIB = 1536
 DEFAULT_ACCEL = "auto"
 ACCELS = ("auto", "kvm", "tcg")
-PROBE_MEMORY_MIB = 1024
-PROBE_TIMEOUT = 90.0
 HOSTKEY_LINE = re.compile(r"KMODLAB-HOSTKEY (ssh-ed25519 [A-Za-z0-9+/=]+)")
 POWEROFF_TIMEOUT = 60.0
-KERNEL_RELEASE = re.compile(r"[0-9][A-Za-z0-9.+~_-]*")
-LOOPBACK = "127.0.0.1"
-# Where a guest finds its apt proxy: an address of QEMU's user network that only this forward answers.
-PROXY_ADDRESS = "10.0.2.100"
-PROXY_PORT = 3142
-PROXY_URL = f"http://{PROXY_ADDRESS}:{PROXY_PORT}"
-QMP_SOCKET = "qmp.sock"
 # The snapshot of a running machine that grading returns it to before each submission.
 SNAPSHOT = "kmodlab-prepared"
-RELAY = "socat"  # one per guest connection, started by QEMU; its messages go to /dev/null, not into the stream
 
 
 @dataclass
@@ -109,144 +86,6 @@ def pick_port(preferred: int, taken: set[int], is_free=port_is_free, tries: int 
         if port not in taken and is_free(port):
             return port
     raise LabError(f"no free port in {preferred}-{preferred + tries - 1} on {LOOPBACK}")
-
-
-def proxy_forward(cache_port: int) -> str:
-    """The netdev option that forwards each guest connection to PROXY_ADDRESS:PROXY_PORT to LOOPBACK:CACHE_PORT.
-
-    QEMU starts RELAY for each connection (cmd:), rather than keeping one connection to the cache
-    for its whole life (a chardev), which would carry only one guest connection.
-    """
-    return f"guestfwd=tcp:{PROXY_ADDRESS}:{PROXY_PORT}-cmd:{RELAY} -lf /dev/null - TCP:{LOOPBACK}:{cache_port}"
-
-
-def qemu_command(
-    config: VmConfig,
-    kernel: Path,
-    initrd: Path,
-    vm_dir: Path,
-    public_key: str = "",
-    *,
-    daemonize: bool = True,
-    poweroff: bool = False,
-    loadvm: str = "",
-) -> list[str]:
-    """The QEMU command line that boots one machine from KERNEL and INITRD, with its overlay in VM_DIR.
-
-    KERNEL and INITRD are its image's, or the machine's own copies (Vm.boot_files says which).
-    PUBLIC_KEY becomes root's authorized key; DAEMONIZE puts QEMU in the background;
-    POWEROFF boots to poweroff.target, so that the machine stops by itself (the probe boot).
-    With a CACHE_PORT the guest is told its apt proxy (kmodlab.aptproxy, read by kmodlab-boot).
-    LOADVM: start from that snapshot of the running machine (Vm.save_state) instead of booting. The QMP
-    socket (qmp.sock) lets the lab save and load snapshots; the console log is appended to, not truncated.
-    """
-    append = ["root=/dev/vda", "rw", "console=ttyS0", "net.ifnames=0", "panic=-1", f"systemd.hostname={config.name}"]
-    if public_key:
-        append.append(f"kmodlab.authkey={base64.b64encode(public_key.strip().encode()).decode()}")
-    if config.cache_port and not config.isolated:
-        append.append(f"kmodlab.aptproxy={PROXY_URL}")
-    if config.isolated:
-        append.append("ignore_loglevel")
-    if poweroff:
-        append.append("systemd.unit=poweroff.target")
-    accel = (
-        ["-accel", "kvm", "-cpu", "host"] if config.accel == "kvm" else ["-accel", "tcg,thread=multi", "-cpu", TCG_CPU]
-    )
-    netdev = ["user", "id=net0"]
-    if config.port:
-        netdev.append(f"hostfwd=tcp:{LOOPBACK}:{config.port}-:22")
-    if config.airgap or config.isolated:
-        netdev.append("restrict=on")
-    if config.cache_port and not config.isolated:
-        netdev.append(proxy_forward(config.cache_port))
-    return [
-        QEMU,
-        "-name", config.name,
-        *accel,
-        "-smp", str(config.cpus),
-        "-m", str(config.memory_mib),
-        "-nodefaults",
-        "-no-user-config",
-        "-display", "none",
-        "-no-reboot",
-        "-kernel", str(kernel),
-        "-initrd", str(initrd),
-        "-append", " ".join(append),
-        "-drive", f"file={vm_dir / 'overlay.qcow2'},if=virtio,format=qcow2",
-        "-netdev", ",".join(netdev),
-        "-device", "virtio-net-pci,netdev=net0",
-        "-device", "virtio-rng-pci",
-        "-chardev", f"file,id=console,path={vm_dir / 'console.log'},append=on",
-        "-serial", "chardev:console",
-        "-qmp", f"unix:{vm_dir / QMP_SOCKET},server=on,wait=off",
-        "-pidfile", str(vm_dir / "qemu.pid"),
-        *(["-loadvm", loadvm] if loadvm else []),
-        *(["-daemonize"] if daemonize else []),
-    ]  # fmt: skip
-
-
-def _dpkg_says(a: str, relation: str, b: str) -> bool:
-    """Whether `dpkg --compare-versions A RELATION B` holds (exit 0) or not (exit 1)."""
-    result = subprocess.run(
-        ["dpkg", "--compare-versions", a, relation, b], capture_output=True, text=True, stdin=subprocess.DEVNULL
-    )
-    if result.returncode not in (0, 1):  # 2: a version dpkg refuses (a warning alone still compares)
-        raise LabError(f"dpkg cannot compare the versions {a} and {b}: {result.stderr.strip()}")
-    return result.returncode == 0
-
-
-def compare_versions(a: str, b: str) -> int:
-    """Negative, zero or positive as version A is older than, equal to or newer than B, in Debian's order.
-
-    dpkg's own comparison (`dpkg --compare-versions`; the controller is a Debian or Ubuntu system, see
-    scripts/setup.sh): runs of non-digits compare character by character (~ before everything, even the end;
-    letters before other characters), runs of digits compare as numbers. So 6.1.0-9 < 6.1.0-50 < 6.12.48+deb12.
-    """
-    require_tool("dpkg", "dpkg")
-    if _dpkg_says(a, "lt", b):
-        return -1
-    return 0 if _dpkg_says(a, "eq", b) else 1
-
-
-def kernel_release(name: str) -> str | None:
-    """The release of a kernel file name (vmlinuz-RELEASE, with or without its directory), or of a bare release.
-
-    None for anything else: other files of /boot (initrd.img-*, config-*), and kernels dpkg is
-    unpacking or has set aside (vmlinuz-RELEASE.dpkg-new, .dpkg-old, ...).
-    """
-    release = name.strip().rsplit("/", 1)[-1].removeprefix("vmlinuz-")
-    if ".dpkg-" in release or not KERNEL_RELEASE.fullmatch(release):
-        return None
-    return release
-
-
-def newest_kernel(names: Iterable[str]) -> str:
-    """The newest kernel release among NAMES (vmlinuz-RELEASE files of a guest's /boot, or bare releases).
-
-    Newest in Debian's version order (dpkg's): 6.1.0-9-amd64 < 6.1.0-50-amd64 < 6.12.48+deb12-amd64.
-    """
-    names = list(names)
-    releases = [r for r in map(kernel_release, names) if r]
-    if not releases:
-        raise LabError(f"no kernel (vmlinuz-RELEASE) among {names}")
-    return max(releases, key=functools.cmp_to_key(compare_versions))
-
-
-def create_overlay(image: Image, overlay: Path) -> None:
-    """A fresh copy-on-write disk on the image's (read-only) disk."""
-    overlay.unlink(missing_ok=True)
-    subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(overlay)],
-        check=True,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def _qemu_img(*args: str) -> None:
-    require_tool("qemu-img", "qemu-utils")
-    result = subprocess.run(["qemu-img", *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if result.returncode != 0:
-        raise LabError(f"qemu-img {args[0]} failed: {result.stderr.strip()}")
 
 
 def qemu_pids(vm_dir: Path, proc: Path = Path("/proc")) -> list[int]:
@@ -451,16 +290,16 @@ class Vm:
         The overlay is merged into saved.qcow2 (or becomes it), and a new, empty overlay is made on it.
         """
         if self.saved.is_file():
-            _qemu_img("commit", "-q", str(self.overlay))
+            qemu_img("commit", "-q", str(self.overlay))
         else:
             self.overlay.replace(self.saved)
-        _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
+        qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
 
     def reset_disk(self, image: Image) -> None:
         """Give the stopped machine a new, empty overlay on its saved disk (on IMAGE's disk if none was saved)."""
         if self.saved.is_file():
             self.overlay.unlink(missing_ok=True)
-            _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
+            qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", self.saved.name, str(self.overlay))
         else:
             create_overlay(image, self.overlay)
 
@@ -524,74 +363,3 @@ class Vm:
         if self.dir.is_dir() and not left:
             self.dir.rmdir()
         return left
-
-
-def qemu_version() -> str:
-    result = subprocess.run([QEMU, "--version"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    return result.stdout.splitlines()[0] if result.stdout else ""
-
-
-def probe_accel(image: Image, cache: Path, timeout: float = PROBE_TIMEOUT) -> bool:
-    """Whether a KVM guest boots and powers off here; the answer is remembered per host kernel and QEMU.
-
-    The probe boots IMAGE with the same command line as a lab machine (qemu_command),
-    in the foreground and to poweroff.target; its QEMU is ended however this returns.
-    """
-    require_tool(QEMU, "qemu-system-x86")
-    require_tool("qemu-img", "qemu-utils")
-    memo = cache / "accel-probe.json"
-    key = f"{os.uname().release} {qemu_version()}"
-    try:
-        known = json.loads(memo.read_text())
-        if known.get("key") == key:
-            return bool(known["kvm"])
-    except (OSError, ValueError, KeyError):
-        pass
-    say("probing KVM with a test boot (remembered for this host)")
-    probe = Vm(cache / "accel-probe")
-    probe.stop()  # one left by a probe that was killed outright
-    shutil.rmtree(probe.dir, ignore_errors=True)
-    probe.dir.mkdir(parents=True)
-    meta = image.meta
-    config = VmConfig("kmodlab-probe", meta["distro"], 0, "kvm", meta["kernel"], 1, PROBE_MEMORY_MIB)
-    ok = False
-    try:
-        create_overlay(image, probe.overlay)
-        command = qemu_command(config, image.kernel, image.initrd, probe.dir, daemonize=False, poweroff=True)
-        stderr_log = probe.dir / "stderr.log"
-        with stderr_log.open("w") as err:
-            proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-            try:
-                deadline = time.monotonic() + timeout
-                while time.monotonic() < deadline and proc.poll() is None:
-                    if "KVM internal error" in stderr_log.read_text(errors="replace"):
-                        break
-                    time.sleep(0.5)
-                if proc.poll() is not None:
-                    console = probe.console_log.read_text(errors="replace") if probe.console_log.is_file() else ""
-                    ok = proc.returncode == 0 and "reboot: Power down" in console
-            finally:
-                with interrupts_held():
-                    if proc.poll() is None:
-                        proc.kill()
-                        proc.wait()
-    finally:
-        with interrupts_held():
-            probe.stop()  # a QEMU the loop above did not get to know (interrupted right after it started)
-            shutil.rmtree(probe.dir, ignore_errors=True)
-    memo.write_text(json.dumps({"key": key, "kvm": ok}) + "\n")
-    return ok
-
-
-def choose_accel(requested: str, image: Image, cache: Path) -> str:
-    """kvm or tcg: as asked, or with `auto` KVM only when /dev/kvm opens and a probe boot works."""
-    if requested in ("kvm", "tcg"):
-        return requested
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        say("accelerator: tcg (no usable /dev/kvm)")
-        return "tcg"
-    if probe_accel(image, cache):
-        say("accelerator: kvm (probe boot worked)")
-        return "kvm"
-    say("accelerator: tcg (a KVM probe boot failed here)")
-    return "tcg"

@@ -16,8 +16,9 @@ from collections import Counter
 import pytest
 from fleet_helpers import hosts_under_test
 
-from kmodlab.cache import PackageCache, read_transfers, stats
-from kmodlab.vm import PROXY_URL
+from kmodlab.cache import PackageCache
+from kmodlab.cache_log import read_transfers, stats
+from kmodlab.qemu import PROXY_URL
 
 # Exit 0 when a TCP connection to ADDRESS PORT opens within 5 seconds, 1 when it fails (refused, reset, timed out).
 CONNECT = (

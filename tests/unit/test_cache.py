@@ -28,11 +28,13 @@ import yaml
 from kmodlab import LabError
 from kmodlab import cache as cache_module
 from kmodlab import lab as lab_module
-from kmodlab.cache import LogMark, PackageCache, log_mark, parse_line, read_transfers, stats
+from kmodlab.cache import PackageCache
+from kmodlab.cache_log import LogMark, log_mark, parse_line, read_transfers, stats
 from kmodlab.cli import main
 from kmodlab.images import Image
 from kmodlab.lab import Lab, VmSpec
-from kmodlab.vm import PROXY_URL, RELAY, Vm, proxy_forward
+from kmodlab.qemu import PROXY_URL, RELAY, proxy_forward
+from kmodlab.vm import Vm
 
 REPO = Path(__file__).resolve().parents[2]
 DEB = "pool/main/h/hello/hello_2.10-3_amd64.deb"

@@ -10,9 +10,10 @@ import pytest
 
 from kmodlab import lab as lab_module
 from kmodlab import vm as vm_module
+from kmodlab.booting import write_atomically
 from kmodlab.cli import main, parser
 from kmodlab.images import Image
-from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec, write_atomically
+from kmodlab.lab import DEFAULT_SSH_TIMEOUT, Lab, VmSpec
 from kmodlab.ssh import INVENTORY_HEADER
 from kmodlab.vm import DEFAULT_CPUS, DEFAULT_MEMORY_MIB, Vm, VmConfig, cpus_per_machine
 

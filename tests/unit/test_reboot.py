@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from kmodlab import LabError, images, vm
+from kmodlab import LabError, images, qemu, vm
 from kmodlab import lab as lab_module
 from kmodlab.cli import main, parser
 from kmodlab.images import Image
+from kmodlab.kernels import compare_versions, newest_kernel
 from kmodlab.lab import Lab, VmSpec
-from kmodlab.vm import Vm, VmConfig, compare_versions, newest_kernel
+from kmodlab.vm import Vm, VmConfig
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOldHostKeyOfTheMachine"
 NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINewHostKeyAfterTheBoot"
@@ -139,7 +140,7 @@ def test_backing_file_reads_the_overlays_header(tmp_path):
 @pytest.mark.skipif(shutil.which("qemu-img") is None, reason="needs qemu-img")
 def test_backing_file_of_an_overlay_qemu_img_made(tmp_path):
     image = make_image(tmp_path / "image")
-    vm.create_overlay(image, tmp_path / "overlay.qcow2")
+    qemu.create_overlay(image, tmp_path / "overlay.qcow2")
     assert images.backing_file(tmp_path / "overlay.qcow2") == image.disk
 
 
@@ -189,7 +190,7 @@ def test_start_on_the_kept_disk_leaves_the_overlay_and_boots_the_machines_own_ke
     config = VmConfig("a", "debian12", 2230, "kvm", "6.12.48+deb12-amd64", 4, 2048)
     machine.start(config, image, "ssh-ed25519 LAB", keep_disk=True)
     [command] = qemu_runs  # QEMU only: no qemu-img
-    assert command[0] == vm.QEMU
+    assert command[0] == qemu.QEMU
     assert machine.overlay.read_bytes() == before
     assert command[command.index("-kernel") + 1] == str(machine.dir / "vmlinuz")
     assert command[command.index("-initrd") + 1] == str(machine.dir / "initrd.img")
@@ -311,7 +312,7 @@ class FakeMachine:
     def run(self, command, **kwargs):
         if command[0] == "dpkg":  # the controller's own, which orders the guest's kernels
             return REAL_RUN(command, **kwargs)
-        if command[0] == vm.QEMU:
+        if command[0] == qemu.QEMU:
             self.log.append("qemu")
             if self.interrupt_at == "qemu":
                 raise KeyboardInterrupt
@@ -398,7 +399,7 @@ def test_start_and_reboot_keep_an_airgapped_machine_so_behind_the_package_cache(
     assert lab.reboot("a") == "6.12.48+deb12-amd64"
     for command in fake.qemu:
         netdev = command[command.index("-netdev") + 1].split(",")
-        assert "restrict=on" in netdev and vm.proxy_forward(3160) in netdev
+        assert "restrict=on" in netdev and qemu.proxy_forward(3160) in netdev
     assert (machine.config.airgap, machine.config.cache_port) == (True, 3160)
     assert lab.instances()[0]["airgap"] is True
 
@@ -475,7 +476,7 @@ def raw_image_and_machine(tmp_path: Path) -> tuple[Image, Vm]:
 def test_a_saved_disk_is_what_a_reset_returns_to(tmp_path):
     """save_disk keeps the disk as it is (merging later saves in); reset_disk drops what came after."""
     image, machine = raw_image_and_machine(tmp_path)
-    vm.create_overlay(image, machine.overlay)
+    qemu.create_overlay(image, machine.overlay)
     assert qemu_io(machine.overlay, "write -P 0xab 0 4k")  # prepared: packages installed
     machine.save_disk()
     assert images.backing_file(machine.overlay) == machine.saved

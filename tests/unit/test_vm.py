@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from kmodlab import LabError, vm
+from kmodlab import LabError, accel, qemu, vm
 from kmodlab.images import Image
-from kmodlab.vm import SNAPSHOT, Vm, VmConfig, pick_port, qemu_command
+from kmodlab.qemu import qemu_command
+from kmodlab.vm import SNAPSHOT, Vm, VmConfig, pick_port
 
 
 def test_pick_port_skips_ports_of_the_lab_and_ports_in_use():
@@ -87,7 +88,7 @@ def test_qemu_command_of_an_airgapped_machine_restricts_its_network(tmp_path):
     cmd = qemu_command(config, tmp_path / "vmlinuz", tmp_path / "initrd.img", tmp_path, "k")
     netdev = cmd[cmd.index("-netdev") + 1].split(",")
     assert netdev[:2] == ["user", "id=net0"]
-    assert {"restrict=on", "hostfwd=tcp:127.0.0.1:2222-:22", vm.proxy_forward(3150)} <= set(netdev)
+    assert {"restrict=on", "hostfwd=tcp:127.0.0.1:2222-:22", qemu.proxy_forward(3150)} <= set(netdev)
 
 
 def test_qemu_command_without_a_cache_leaves_apt_alone(tmp_path):
@@ -129,25 +130,25 @@ def fake_qemu(monkeypatch):
             calls.append((config, flags, qemu_command(config, kernel, initrd, vm_dir, public_key, **flags)))
             return ["sh", "-c", script.format(dir=vm_dir)]
 
-        monkeypatch.setattr(vm, "qemu_command", wrapped)
+        monkeypatch.setattr(accel, "qemu_command", wrapped)
         return calls
 
-    monkeypatch.setattr(vm, "require_tool", lambda tool, package: None)
-    monkeypatch.setattr(vm, "qemu_version", lambda: "QEMU emulator version 0.0")
-    monkeypatch.setattr(vm, "create_overlay", lambda image, overlay: overlay.touch())
+    monkeypatch.setattr(accel, "require_tool", lambda tool, package: None)
+    monkeypatch.setattr(accel, "qemu_version", lambda: "QEMU emulator version 0.0")
+    monkeypatch.setattr(accel, "create_overlay", lambda image, overlay: overlay.touch())
     return use
 
 
 def test_probe_boots_with_the_machines_command_line_and_remembers(tmp_path, probe_image, fake_qemu):
     """The probe's QEMU command comes from qemu_command (kvm, poweroff, foreground); the answer is remembered."""
     calls = fake_qemu("echo 'reboot: Power down' > {dir}/console.log")
-    assert vm.probe_accel(probe_image, tmp_path / "cache") is True
+    assert accel.probe_accel(probe_image, tmp_path / "cache") is True
     [(config, flags, command)] = calls
     assert config.accel == "kvm"
     assert flags == {"daemonize": False, "poweroff": True}
     assert "systemd.unit=poweroff.target" in command[command.index("-append") + 1]
     assert command[command.index("-kernel") + 1] == str(probe_image.kernel)
-    assert vm.probe_accel(probe_image, tmp_path / "cache") is True
+    assert accel.probe_accel(probe_image, tmp_path / "cache") is True
     assert len(calls) == 1
     assert not (tmp_path / "cache" / "accel-probe").exists()
 
@@ -166,9 +167,9 @@ def test_interrupted_probe_leaves_no_qemu(tmp_path, probe_image, fake_qemu, monk
         pids.append(int(pidfile.read_text()))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vm.time, "sleep", interrupt)
+    monkeypatch.setattr(accel.time, "sleep", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        vm.probe_accel(probe_image, tmp_path / "cache")
+        accel.probe_accel(probe_image, tmp_path / "cache")
     monkeypatch.undo()
     assert not Path(f"/proc/{pids[0]}").exists()  # killed and reaped
     assert not (tmp_path / "cache" / "accel-probe.json").exists()

@@ -8,8 +8,8 @@ build, such as headers that are not installed) and build.json, what that build w
 and vermagic. kernel_module's build writes them, and so do the boot service's build and the kernel
 hooks' build (the boot script); module_status reports them and the boot script reads them.
 
-Standard library and durable.py only, and no `from __future__` import: the boot service's script (kmod_host's
-BOOT_SCRIPT_TEXT) embeds this file after durable.py, without its import of durable.py.
+Standard library and durable.py only, and no `from __future__` import: the boot service's script (boot_script.py as
+boot_service writes it, BOOT_SCRIPT_TEXT) embeds this file after durable.py, without its import of durable.py.
 """
 
 import json

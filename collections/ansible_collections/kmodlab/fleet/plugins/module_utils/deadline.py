@@ -11,8 +11,8 @@ command, its pid and its state (read from /proc/<pid>/stat), and the child is le
 nothing of the caller's but those nameless files. A caller that gets Stuck touches the kernel no more
 and fails: the host needs a reboot.
 
-Standard library only, and no `from __future__` import: the boot service's script (kmod_host's
-BOOT_SCRIPT_TEXT) embeds this file as it is.
+Standard library only, and no `from __future__` import: the boot service's script (boot_script.py as
+boot_service writes it, BOOT_SCRIPT_TEXT) embeds this file as it is.
 """
 
 import contextlib

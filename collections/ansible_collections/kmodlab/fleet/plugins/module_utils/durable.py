@@ -1,8 +1,8 @@
 """Writes that a crash (a killed run, a machine that stops) leaves whole or not done at all (kmodlab).
 
-The one home of these helpers: the collection imports them, and the boot service's script (kmod_host's
-BOOT_SCRIPT_TEXT), which runs without the collection, embeds this file as it is. So: standard library
-only, and no `from __future__` import.
+The one home of these helpers: the collection imports them, and the boot service's script (boot_script.py as
+boot_service writes it, BOOT_SCRIPT_TEXT), which runs without the collection, embeds this file as it is.
+So: standard library only, and no `from __future__` import.
 """
 
 import os

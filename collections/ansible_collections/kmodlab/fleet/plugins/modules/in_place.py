@@ -111,15 +111,10 @@ import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils import part1
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_paths import sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import Refusal, plan_present
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
-    ModuleOnHost,
-    StepFailed,
-    Stuck,
-    name_error,
-    params_error,
-    sha256_of,
-)
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed, Stuck
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_params import name_error, params_error
 from ansible_collections.kmodlab.fleet.plugins.module_utils.lock import (
     LOCK_ARGUMENT_SPEC,
     LockBusy,

@@ -107,6 +107,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.kmodlab.fleet.plugins.module_utils.builds import BUILT
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_paths import read
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     PERSIST,
     SAVE_SOURCES,
@@ -114,13 +115,8 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     Refusal,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
-    ModuleOnHost,
-    StepFailed,
-    name_error,
-    params_error,
-    read,
-)
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_params import name_error, params_error
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError, decode_files
 
 INTERRUPTED = "the deployment of %s (version %s) begun %s did not finish; the next run or boot rolls it back"

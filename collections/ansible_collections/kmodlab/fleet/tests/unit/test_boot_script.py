@@ -19,12 +19,14 @@ import subprocess
 import sys
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils import durable, kmod_host
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import (
-    BOOT_SCRIPT,
+from ansible_collections.kmodlab.fleet.plugins.module_utils import durable
+from ansible_collections.kmodlab.fleet.plugins.module_utils.boot_service import (
     BOOT_SCRIPT_TEXT,
     KERNEL_HOOK_TEXT,
+    _source_of,
+    boot_service_files,
 )
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_paths import BOOT_SCRIPT
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import write_sources
 
 KERNEL = os.uname().release
@@ -535,9 +537,9 @@ def test_the_hooks_build_and_its_log_are_written_durably(tmp_path):
 
 def test_the_script_embeds_durable_py_as_it_is_and_no_import_of_the_collection():
     """One home per fact: durable.py's writes are the script's (no copy of them), builds.py uses them."""
-    assert kmod_host._source_of(durable) in BOOT_SCRIPT_TEXT
+    assert _source_of(durable) in BOOT_SCRIPT_TEXT
     assert BOOT_SCRIPT_TEXT.count("def write_durably(") == 1 and BOOT_SCRIPT_TEXT.count("def copy_durably(") == 1
     assert "ansible_collections" not in BOOT_SCRIPT_TEXT and "# @" not in BOOT_SCRIPT_TEXT
     assert BOOT_SCRIPT_TEXT.index("def write_durably(") < BOOT_SCRIPT_TEXT.index("def write_text(")
-    assert f"SERVICE_FILES = {kmod_host.boot_service_files()!r}" in BOOT_SCRIPT_TEXT
+    assert f"SERVICE_FILES = {boot_service_files()!r}" in BOOT_SCRIPT_TEXT
     compile(BOOT_SCRIPT_TEXT, BOOT_SCRIPT, "exec")

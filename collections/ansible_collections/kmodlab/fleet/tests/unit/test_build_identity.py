@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import elf_section
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_observe import elf_section
 
 
 def build(tmp_path, name: str, source: str) -> str:

@@ -12,7 +12,7 @@ import base64
 import json
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, kmod_host
+from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, host_paths
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import REMOVE_KEPT
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, StepFailed
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import write_sources
@@ -93,9 +93,9 @@ def test_status_reports_the_hooks_build_for_another_kernel_and_missing_headers(r
     host = host_with(root, "works")
     (root / "lib/modules" / NEW).mkdir()
     message = "no headers for kernel %s (...): install linux-headers-%s" % (NEW, NEW)
-    builds.write_log(kmod_host.STATE_DIR, "m", NEW, message + "\n")
-    builds.record_build(kmod_host.STATE_DIR, "m", NEW, "kernel install", builds.NO_HEADERS, message)
-    builds.record_build(kmod_host.STATE_DIR, "m", "6.0.0-gone-amd64", "boot", builds.BUILT, "built")
+    builds.write_log(host_paths.STATE_DIR, "m", NEW, message + "\n")
+    builds.record_build(host_paths.STATE_DIR, "m", NEW, "kernel install", builds.NO_HEADERS, message)
+    builds.record_build(host_paths.STATE_DIR, "m", "6.0.0-gone-amd64", "boot", builds.BUILT, "built")
     report = status(root, host)
     assert report["build_log"] == ""  # the running kernel's build did not fail
     (entry,) = report["builds"]
@@ -115,8 +115,8 @@ def test_without_install_no_log_is_kept(root):
 def test_removal_takes_the_logs_away(root):
     """A host holding only the logs of a module's builds: removal plans to remove them, and leaves nothing."""
     host_with(root, "fails")
-    builds.write_log(kmod_host.STATE_DIR, "m", NEW, "output\n")
-    builds.record_build(kmod_host.STATE_DIR, "m", NEW, "kernel install", builds.FAILED, "failed")
+    builds.write_log(host_paths.STATE_DIR, "m", NEW, "output\n")
+    builds.record_build(host_paths.STATE_DIR, "m", NEW, "kernel install", builds.FAILED, "failed")
     (root / "usr/local/src/kmodlab/m/.kmodlab-sources.json").unlink()
     (root / "usr/local/src/kmodlab/m/m.c").unlink()
     (root / "usr/local/src/kmodlab/m/Makefile").unlink()

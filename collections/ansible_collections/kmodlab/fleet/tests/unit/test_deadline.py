@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils import deadline, kmod_host
+from ansible_collections.kmodlab.fleet.plugins.module_utils import boot_service, deadline, kmod_host
 from ansible_collections.kmodlab.fleet.plugins.module_utils.deadline import Stuck, TimedOut, run_limited
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import LOAD, UNLOAD
 from ansible_collections.kmodlab.fleet.plugins.modules.kernel_module import KernelModule
@@ -184,12 +184,12 @@ def test_a_stuck_unload_fails_the_deployment_and_nothing_more_is_done_to_the_ker
 
 def test_the_boot_script_carries_the_runner_as_it_is():
     """The boot service stops (or leaves behind) a command as a deploy does: same code, no coreutils timeout."""
-    text = kmod_host.BOOT_SCRIPT_TEXT
-    assert kmod_host._source_of(deadline) in text
+    text = boot_service.BOOT_SCRIPT_TEXT
+    assert boot_service._source_of(deadline) in text
     assert "# @DEADLINE@" not in text
     assert '"timeout"' not in text
     compile(text, "kmodlab-modules", "exec")
-    assert "TimeoutStartSec=1800" in kmod_host.BOOT_UNIT_TEXT
+    assert "TimeoutStartSec=1800" in boot_service.BOOT_UNIT_TEXT
 
 
 def test_the_boot_script_is_made_in_a_module_run_from_a_zip(tmp_path):
@@ -206,10 +206,11 @@ def test_the_boot_script_is_made_in_a_module_run_from_a_zip(tmp_path):
                 zipped.writestr(package + "/__init__.py", "")
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from ansible_collections.kmodlab.fleet.plugins.module_utils import kmod_host;"
-        "assert kmod_host.__loader__.__class__.__name__ == 'zipimporter', kmod_host.__loader__;"
-        "print(kmod_host.BOOT_SCRIPT_TEXT, end='')"
+        "from ansible_collections.kmodlab.fleet.plugins.module_utils import boot_script, boot_service;"
+        "assert boot_service.__loader__.__class__.__name__ == 'zipimporter', boot_service.__loader__;"
+        "assert boot_script.__loader__.__class__.__name__ == 'zipimporter', boot_script.__loader__;"
+        "print(boot_service.BOOT_SCRIPT_TEXT, end='')"
     )
     proc = subprocess.run([sys.executable, "-I", "-c", code, str(payload)], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == kmod_host.BOOT_SCRIPT_TEXT
+    assert proc.stdout == boot_service.BOOT_SCRIPT_TEXT

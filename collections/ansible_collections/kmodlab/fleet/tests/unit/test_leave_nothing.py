@@ -1,7 +1,7 @@
 """Removal leaves nothing of kmodlab, for any kernel, and removes no directory kmodlab did not write.
 
 kernel_module runs here as remove.yml runs it (state absent, the modules in reverse order) on a host
-whose system paths are moved into a temporary tree (kmod_host's path constants), with depmod and
+whose system paths are moved into a temporary tree (host_paths' constants), with depmod and
 systemctl fakes that log their calls. The host has two installed kernels and the directory of a third
 whose package went, and what interrupted writes leave: .tmp files and temporary directories.
 """
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils import builds, kmod_host
+from ansible_collections.kmodlab.fleet.plugins.module_utils import boot_service, builds, host_paths
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     CLEAN,
     REMOVE_INSTALLED,
@@ -79,7 +79,7 @@ def host_root(tmp_path, monkeypatch):
     for constant in ("STATE_DIR", "AUTOLOAD_DIR", "BOOT_SCRIPT", "BOOT_UNIT", "BOOT_WANTS", "MODULES_ROOT",
                      "SYSTEMD_RUNNING", "TMP_DIR", "POSTINST_HOOK", "HEADER_POSTINST_HOOK",
                      "MODPROBE_DIR"):  # fmt: skip
-        monkeypatch.setattr(kmod_host, constant, str(root) + getattr(kmod_host, constant))
+        monkeypatch.setattr(host_paths, constant, str(root) + getattr(host_paths, constant))
     monkeypatch.setattr(ModuleOnHost, "loaded", lambda self: False)
     (root / "run/systemd/system").mkdir(parents=True)
     (root / "etc/kernel/postinst.d").mkdir(parents=True)  # apt's
@@ -102,14 +102,14 @@ def deploy(root, name, kernels):
                         params={"greeting": name})  # fmt: skip
     sources = {name + ".c": "/* %s */\n" % name, "Makefile": "obj-m += %s.o\n" % name}
     write_sources(host.build_dir, sources)
-    write_sources(os.path.join(kmod_host.STATE_DIR, "good", name), sources)  # what the boot service builds
-    state = os.path.join(kmod_host.STATE_DIR, "state", name + ".json")
+    write_sources(os.path.join(host_paths.STATE_DIR, "good", name), sources)  # what the boot service builds
+    state = os.path.join(host_paths.STATE_DIR, "state", name + ".json")
     for kernel in kernels:
-        for path in (host.installed_for(kernel), os.path.join(kmod_host.STATE_DIR, "kept", kernel, name + ".ko")):
+        for path in (host.installed_for(kernel), os.path.join(host_paths.STATE_DIR, "kept", kernel, name + ".ko")):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             Path(path).write_bytes(b"\x7fELF " + name.encode())
-        builds.write_log(kmod_host.STATE_DIR, name, kernel, "make output\n")
-        builds.record_build(kmod_host.STATE_DIR, name, kernel, "kernel install", builds.BUILT, "built")
+        builds.write_log(host_paths.STATE_DIR, name, kernel, "make output\n")
+        builds.record_build(host_paths.STATE_DIR, name, kernel, "kernel install", builds.BUILT, "built")
     os.makedirs(os.path.dirname(state), exist_ok=True)
     Path(state).write_text('{"rolled_back": "an earlier release"}\n')
     host.persist()
@@ -304,7 +304,7 @@ def test_a_boot_service_with_no_module_left_to_load_is_removed(root, tmp_path):
     link for ever, and removal planned nothing for them. With no entry left they are leftovers."""
     host = deploy(root, "hello", [RUNNING])
     os.unlink(host.autoload)  # killed right after it in unpersist()
-    service = [kmod_host.BOOT_SCRIPT, kmod_host.BOOT_UNIT, kmod_host.BOOT_WANTS, *kmod_host.kernel_hooks()]
+    service = [host_paths.BOOT_SCRIPT, host_paths.BOOT_UNIT, host_paths.BOOT_WANTS, *boot_service.kernel_hooks()]
     assert all(os.path.lexists(path) for path in service)
     (tmp_path / "log").unlink(missing_ok=True)
     planned = remove(root, "hello", check_mode=True)["actions"]
@@ -319,5 +319,5 @@ def test_a_boot_service_with_no_module_left_to_load_is_removed(root, tmp_path):
 def test_a_boot_service_that_still_loads_a_module_is_no_leftover(root):
     deploy(root, "hello", [RUNNING])
     host = deploy(root, "my_timer", [RUNNING])
-    service = {kmod_host.BOOT_SCRIPT, kmod_host.BOOT_UNIT, kmod_host.BOOT_WANTS, *kmod_host.kernel_hooks()}
+    service = {host_paths.BOOT_SCRIPT, host_paths.BOOT_UNIT, host_paths.BOOT_WANTS, *boot_service.kernel_hooks()}
     assert not set(host.leftovers()) & service

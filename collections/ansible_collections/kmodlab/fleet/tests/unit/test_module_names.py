@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 
 import pytest
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost, name_error
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import ModuleOnHost
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_params import name_error
 from test_modules_refuse_bad_input import run_module
 
 BAD = {

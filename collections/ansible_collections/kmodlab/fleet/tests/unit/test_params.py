@@ -13,6 +13,7 @@ import os
 
 import pytest
 import test_rollback
+from ansible_collections.kmodlab.fleet.plugins.module_utils import host_paths, kmod_params
 from ansible_collections.kmodlab.fleet.plugins.module_utils import kmod_host as kh
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
@@ -30,14 +31,15 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     plan_absent,
     plan_present,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import StepFailed, options_text, params_error
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import StepFailed
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_params import options_text, params_error
 from ansible_collections.kmodlab.fleet.plugins.module_utils.sources import SourceError
 from ansible_collections.kmodlab.fleet.plugins.modules import in_place, module_status
 from ansible_collections.kmodlab.fleet.plugins.modules.kernel_module import KernelModule
 from test_modules_refuse_bad_input import run_module
 from test_rollback import Died, Exit, FakeAnsibleModule, FakeHost, K
 
-# test_rollback's fixtures: kmod_host's system paths in a temporary tree (autouse), the paths fsync'ed.
+# test_rollback's fixtures: host_paths' system paths in a temporary tree (autouse), the paths fsync'ed.
 root = test_rollback.root
 fsynced = test_rollback.fsynced
 
@@ -58,12 +60,12 @@ class ParamHost(FakeHost):
         directory = os.path.join(self.sysfs, "parameters")
         if not os.path.isdir(directory):
             return {}
-        return {name: kh.read(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
+        return {name: host_paths.read(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
 
     def run(self, args, what, limit=None, log=None):
         tool, live = args[0], self.live()
         if tool == "modprobe":
-            params = kh.options_of("m", kh.read_text(self.options_file))
+            params = kmod_params.options_of("m", host_paths.read_text(self.options_file))
             self.loads.append(params)
             if params.get("count") == "-1":
                 self.log.append(tool)

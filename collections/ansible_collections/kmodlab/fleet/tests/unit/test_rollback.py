@@ -1,7 +1,7 @@
 """kernel_module's rollback: a failed release leaves the host exactly as it was before (the installed, kept and
 loaded module, the boot entry) and says what is loaded; a deployment that did not finish is rolled back first.
 
-The host is real files in a temporary tree (kmod_host's system paths moved there); only its commands
+The host is real files in a temporary tree (host_paths' system paths moved there); only its commands
 (make, modinfo, depmod, modprobe, insmod, rmmod, the /proc read) are faked, on those files.
 """
 
@@ -13,7 +13,9 @@ import os
 import shutil
 
 import pytest
+from ansible_collections.kmodlab.fleet.plugins.module_utils import boot_service, host_paths, sources
 from ansible_collections.kmodlab.fleet.plugins.module_utils import kmod_host as kh
+from ansible_collections.kmodlab.fleet.plugins.module_utils.host_paths import sha256_of
 from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     BUILD,
     INSTALL,
@@ -27,7 +29,7 @@ from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod import (
     UNPERSIST,
     WRITE,
 )
-from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import StepFailed, Stuck, sha256_of
+from ansible_collections.kmodlab.fleet.plugins.module_utils.kmod_host import StepFailed, Stuck
 from ansible_collections.kmodlab.fleet.plugins.modules import module_status
 from ansible_collections.kmodlab.fleet.plugins.modules.kernel_module import KernelModule
 
@@ -45,7 +47,7 @@ class Died(BaseException):
 
 @pytest.fixture(autouse=True)
 def root(tmp_path, monkeypatch):
-    """kmod_host's system paths, in TMP_PATH/root; this boot's id is boot-1."""
+    """host_paths' system paths, in TMP_PATH/root; this boot's id is boot-1."""
     root = tmp_path / "root"
     paths = {
         "STATE_DIR": "var/lib/kmodlab",
@@ -62,8 +64,8 @@ def root(tmp_path, monkeypatch):
         "MODPROBE_DIR": "etc/modprobe.d",
     }
     for name, path in paths.items():
-        monkeypatch.setattr(kh, name, str(root / path))
-    monkeypatch.setattr(kh, "OTHER_MODPROBE_DIRS", (str(root / "run/modprobe.d"), str(root / "lib/modprobe.d")))
+        monkeypatch.setattr(host_paths, name, str(root / path))
+    monkeypatch.setattr(host_paths, "OTHER_MODPROBE_DIRS", (str(root / "run/modprobe.d"), str(root / "lib/modprobe.d")))
     (root / "proc/sys/kernel/random").mkdir(parents=True)
     (root / "proc/sys/kernel/random/boot_id").write_text("boot-1\n")
     (root / "kdir").mkdir()
@@ -177,7 +179,7 @@ class FakeHost(kh.ModuleOnHost):
             raise StepFailed("the received m.ko was built for vermagic 'other', but the running kernel's is 'ours'")
         with open(self.built, "wb") as handle:
             handle.write(data)
-        kh.update_manifest(self.build_dir, {"built_for": self.kernel})
+        sources.update_manifest(self.build_dir, {"built_for": self.kernel})
 
     def install(self):
         if "disk full" in self.fail:
@@ -190,12 +192,16 @@ class FakeHost(kh.ModuleOnHost):
 
     def files(self):
         return {"installed": self.content(self.installed), "kept": self.content(self.kept),
-                "boot entry": os.path.exists(self.autoload), "boot unit": os.path.exists(kh.BOOT_UNIT),
+                "boot entry": os.path.exists(self.autoload), "boot unit": os.path.exists(host_paths.BOOT_UNIT),
                 "loaded": self.now_loaded()}  # fmt: skip
 
     def boot_service(self):
         """The boot service's files as they are: script and unit text, where the enabling link points."""
-        return kh.read(kh.BOOT_SCRIPT, None), kh.read(kh.BOOT_UNIT, None), os.path.realpath(kh.BOOT_WANTS)
+        return (
+            host_paths.read(host_paths.BOOT_SCRIPT, None),
+            host_paths.read(host_paths.BOOT_UNIT, None),
+            os.path.realpath(host_paths.BOOT_WANTS),
+        )
 
     def record_of(self):
         return self.read_record()
@@ -460,7 +466,7 @@ def test_removal_takes_an_open_journal_away(root):
     assert not (root / "var/lib/kmodlab").exists()
 
 
-CURRENT_SERVICE = (kh.BOOT_SCRIPT_TEXT.strip(), kh.BOOT_UNIT_TEXT.strip())
+CURRENT_SERVICE = (boot_service.BOOT_SCRIPT_TEXT.strip(), boot_service.BOOT_UNIT_TEXT.strip())
 
 
 @pytest.fixture
@@ -481,7 +487,9 @@ def an_older_boot_service(root):
     """What kmodlab's previous version left: a boot script that modprobes whatever is installed (no journal)."""
     script = '#!/bin/sh\nfor m in /etc/kmodlab/autoload.d/*.json; do modprobe "$(basename "$m" .json)"; done\n'
     (root / "usr/local/sbin/kmodlab-modules").write_text(script)
-    (root / "etc/systemd/system/kmodlab-modules.service").write_text("[Service]\nExecStart=%s\n" % kh.BOOT_SCRIPT)
+    (root / "etc/systemd/system/kmodlab-modules.service").write_text(
+        "[Service]\nExecStart=%s\n" % host_paths.BOOT_SCRIPT
+    )
 
 
 def test_an_older_boot_service_is_brought_up_to_date_before_the_install(root, fsynced):
@@ -495,7 +503,7 @@ def test_an_older_boot_service_is_brought_up_to_date_before_the_install(root, fs
     with pytest.raises(Died):
         deploy(root, b"new", "die")  # killed right after INSTALL: the boot service is this version's already
     assert host.boot_service()[:2] == CURRENT_SERVICE
-    assert kh.BOOT_SCRIPT + ".tmp" in fsynced and kh.BOOT_UNIT + ".tmp" in fsynced  # durably
+    assert host_paths.BOOT_SCRIPT + ".tmp" in fsynced and host_paths.BOOT_UNIT + ".tmp" in fsynced  # durably
 
     host, done = deploy(root, b"new")
     assert not done.failed and done.result["actions"][0] == RECOVER
@@ -507,11 +515,11 @@ def test_an_up_to_date_or_absent_boot_service_is_left_as_it_is(root):
     """A first deployment installs no boot service before its check; a current one is not rewritten."""
     with pytest.raises(Died):
         deploy(root, b"new", "die")
-    assert not os.path.lexists(kh.BOOT_SCRIPT) and not os.path.lexists(kh.BOOT_UNIT)
+    assert not os.path.lexists(host_paths.BOOT_SCRIPT) and not os.path.lexists(host_paths.BOOT_UNIT)
     deploy(root, b"new")
-    mtime = os.stat(kh.BOOT_SCRIPT).st_mtime_ns
+    mtime = os.stat(host_paths.BOOT_SCRIPT).st_mtime_ns
     host, done = deploy(root, b"newer")
-    assert not done.failed and os.stat(kh.BOOT_SCRIPT).st_mtime_ns == mtime
+    assert not done.failed and os.stat(host_paths.BOOT_SCRIPT).st_mtime_ns == mtime
 
 
 def test_persist_and_the_journal_are_durable(root, fsynced):
@@ -519,14 +527,14 @@ def test_persist_and_the_journal_are_durable(root, fsynced):
     journal's directory after removing it (a crash could bring the closed journal back)."""
     host = deployed(root, b"old")
     os.unlink(host.autoload)
-    os.unlink(kh.BOOT_SCRIPT)
-    os.unlink(kh.BOOT_UNIT)
-    os.unlink(kh.BOOT_WANTS)
+    os.unlink(host_paths.BOOT_SCRIPT)
+    os.unlink(host_paths.BOOT_UNIT)
+    os.unlink(host_paths.BOOT_WANTS)
     fsynced.clear()
     host.persist()
-    for path in (kh.BOOT_SCRIPT, kh.BOOT_UNIT, host.autoload):
+    for path in (host_paths.BOOT_SCRIPT, host_paths.BOOT_UNIT, host.autoload):
         assert path + ".tmp" in fsynced and os.path.dirname(path) in fsynced, path
-    assert os.path.dirname(kh.BOOT_WANTS) in fsynced and host.persisted()
+    assert os.path.dirname(host_paths.BOOT_WANTS) in fsynced and host.persisted()
 
     host.open_journal()
     fsynced.clear()
@@ -574,7 +582,7 @@ def test_sources_another_release_left_are_saved_with_a_step_of_their_own(root, f
     after closing its journal) planned [] and kept them: the boot build used the wrong release for ever.
     Now the plan is [SAVE_SOURCES] (changed, shown in check mode), then []."""
     host = deployed(root, b"new")
-    kh.write_sources(host.good_sources, {"m.c": "/* old */\n"})
+    sources.write_sources(host.good_sources, {"m.c": "/* old */\n"})
     host, done = deploy(root, b"new", check_mode=True)
     assert done.result["actions"] == [SAVE_SOURCES] and done.result["changed"]
     assert good_sources(root) == "/* old */\n"
@@ -588,7 +596,7 @@ def test_sources_another_release_left_are_saved_with_a_step_of_their_own(root, f
 
 def test_saved_sources_are_not_saved_for_a_release_that_fails_its_check(root):
     host = deployed(root, b"new")
-    kh.write_sources(host.good_sources, {"m.c": "/* old */\n"})
+    sources.write_sources(host.good_sources, {"m.c": "/* old */\n"})
     host, done = deploy(root, b"new", "check")
     assert done.failed and done.result["actions"] == [SAVE_SOURCES] and good_sources(root) == "/* old */\n"
 
@@ -600,7 +608,7 @@ def test_a_rollback_of_a_persist_false_release_brings_the_boot_service_back(root
     host, done = deploy(root, b"new", "check", persist=False)
     assert done.failed and done.result["actions"] == [WRITE, BUILD, KEEP, INSTALL, UNLOAD, LOAD, UNPERSIST]
     assert host.files() == {"installed": b"old", "kept": None, "boot entry": True, "boot unit": True, "loaded": b"old"}
-    assert host.boot_service() == (*CURRENT_SERVICE, kh.BOOT_UNIT) and host.persisted()
+    assert host.boot_service() == (*CURRENT_SERVICE, host_paths.BOOT_UNIT) and host.persisted()
     assert host.read_journal() is None
 
 
@@ -635,14 +643,14 @@ def test_a_boot_service_without_the_kernel_hooks_gets_them_before_the_install(ro
     """The kernel hooks are files of the boot service: one written before them (its script current, no hooks)
     is brought up to date, hooks included and durably, before the new build is installed."""
     host = deployed(root, b"old")
-    for hook in kh.kernel_hooks():
+    for hook in boot_service.kernel_hooks():
         os.unlink(hook)
     assert not host.persisted()
     fsynced.clear()
     with pytest.raises(Died):
         deploy(root, b"new", "die")  # killed right after INSTALL
-    for hook in kh.kernel_hooks():
-        assert kh.read(hook) == kh.KERNEL_HOOK_TEXT.strip() and os.stat(hook).st_mode & 0o777 == 0o755
+    for hook in boot_service.kernel_hooks():
+        assert host_paths.read(hook) == boot_service.KERNEL_HOOK_TEXT.strip() and os.stat(hook).st_mode & 0o777 == 0o755
         assert hook + ".tmp" in fsynced and os.path.dirname(hook) in fsynced
     host, done = deploy(root, b"new")
     assert not done.failed and done.result["actions"][0] == RECOVER
@@ -654,11 +662,11 @@ def test_a_rollback_brings_the_kernel_hooks_back_with_the_boot_service(root):
     host = deployed(root, b"old")
     host, done = deploy(root, b"new", "check", persist=False)
     assert done.failed and host.persisted() and host.read_journal() is None
-    assert all(kh.read(hook) == kh.KERNEL_HOOK_TEXT.strip() for hook in kh.kernel_hooks())
+    assert all(host_paths.read(hook) == boot_service.KERNEL_HOOK_TEXT.strip() for hook in boot_service.kernel_hooks())
 
     host.open_journal()
     journal = host.read_journal()
-    os.unlink(kh.POSTINST_HOOK)
+    os.unlink(host_paths.POSTINST_HOOK)
     assert "boot service" in host.journal_differs(journal)
     host.restore_files(journal)
-    assert host.journal_differs(journal) == [] and os.path.exists(kh.POSTINST_HOOK)
+    assert host.journal_differs(journal) == [] and os.path.exists(host_paths.POSTINST_HOOK)
