@@ -263,8 +263,8 @@ def test_installed_kmodlab_reads_the_installed_collection(installed, installed_c
     """The installed package, outside the checkout, takes the modules it grades and the Part I harness from the
     collection installed from the tarball (ANSIBLE_COLLECTIONS_PATH), as ansible-playbook takes its roles."""
     script = (
-        "import json; from kmodlab import grade, paths; "
-        "print(json.dumps([str(paths.collection_path()), grade.part_names()]))"
+        "import json; from kmodlab import paths; from kmodlab.checks import parts; "
+        "print(json.dumps([str(paths.collection_path()), sorted(parts.parts())]))"
     )
     env = dict(outside_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=str(installed_collection))
     found = subprocess.run(
