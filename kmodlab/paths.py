@@ -2,8 +2,9 @@
 
 - The package's own files (rubric.yml, guest/) sit beside its modules and are found from them.
 - The checkout's files (ansible.cfg, tests/fleet/) exist only when this package runs from a clone of the
-  repository (`python -m kmodlab`, or an editable install): checkout_path. (roles/, playbooks/ and module_src/ at
-  the top are the checkout's entry points into the collection: links and plays that import its plays.)
+  repository (`python -m kmodlab`, or an editable install): checkout. No command needs them: roles/, playbooks/
+  and module_src/ at the top are the checkout's entry points into the collection (links, and plays that import
+  its plays), and the grader has its own Ansible settings (kmodlab/grade/ansible.cfg).
 - The collection kmodlab.fleet (the roles, playbooks and module_src/): the checkout's, else the one Ansible finds
   where it looks for collections (ANSIBLE_COLLECTIONS_PATH or ansible.cfg's collections_path, then Python's
   path), as `ansible-galaxy collection install` of its tarball puts it: collection_path.
@@ -43,19 +44,6 @@ def checkout() -> Path | None:
 def program() -> str:
     """How the user runs kmodlab, for messages: `python -m kmodlab` in a checkout, else the installed `kmodlab`."""
     return "python -m kmodlab" if checkout() else "kmodlab"
-
-
-def checkout_path(*parts: str) -> Path:
-    """The file or directory PARTS of the checkout (the checkout itself with none); a LabError when kmodlab runs
-    from an installed package, which has the lab but not the roles, playbooks and fleet checks."""
-    root = checkout()
-    if root is None:
-        what = "/".join(parts) or "its roles, playbooks and fleet checks"
-        raise LabError(
-            f"this needs kmodlab's checkout ({what}), and this kmodlab runs from an installed package "
-            f"({PACKAGE}): run it from a clone of the repository (`python -m kmodlab ...` there)"
-        )
-    return root.joinpath(*parts)
 
 
 def collection_path(*parts: str) -> Path:

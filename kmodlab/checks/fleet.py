@@ -1,6 +1,7 @@
 """What the checks know of the fleet and share: the parts (kmodlab.checks.parts), where deploy.yml puts things, the
-kernel log, the programs they run on the hosts. Read from the checkout's collection when imported: the check files
-and the plugin import it, the grader does not."""
+kernel log, the programs they run on the hosts. Read from the collection kmodlab.fleet when imported (the
+checkout's, else the installed one: kmodlab.paths.collection_path): the check files and the plugin import it, the
+grader does not."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from kmodlab import kernel_log
 from kmodlab.checks.parts import modules, parts, role_defaults
-from kmodlab.paths import checkout_path
+from kmodlab.paths import checkout, collection_path
 
 # Module name -> its /proc entry, as deploy.yml deploys them by default.
 MODULES = modules()
@@ -31,8 +32,9 @@ def host_program(name: str) -> str:
 
 
 def module_version(name: str, src_root: Path | None = None) -> str:
-    """MODULE_VERSION as written in <src_root>/<name>/*.c (default: module_src); empty when none declares one."""
-    for source in sorted((src_root or checkout_path("module_src")).joinpath(name).glob("*.c")):
+    """MODULE_VERSION as written in <src_root>/<name>/*.c (default: the collection's module_src); empty when none
+    declares one."""
+    for source in sorted((src_root or collection_path("module_src")).joinpath(name).glob("*.c")):
         match = re.search(r'MODULE_VERSION\("([^"]+)"\)', source.read_text(errors="replace"))
         if match:
             return match.group(1)
@@ -166,15 +168,18 @@ ONE_LINE = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"}
 
 
 def run_playbook(request, playbook: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    """Run a playbook of the checkout (PLAYBOOK: its path there) against the inventory the checks use (ENV: more
-    environment), with the checkout's ansible.cfg."""
+    """Run PLAYBOOK (a path in the checkout, or a full name: kmodlab.fleet.remove) against the inventory the checks
+    use (ENV: more environment): in a checkout, from there with its ansible.cfg; from an installed package, with the
+    Ansible settings of the directory pytest runs in (the user's, as ansible-playbook run there would have)."""
     inventory = request.config.getoption("ansible_inventory")
     command = [str(Path(sys.executable).parent / "ansible-playbook"), playbook, *args]
     if inventory:
         command += ["-i", str(inventory)]
-    settings = {"ANSIBLE_CONFIG": str(checkout_path("ansible.cfg")), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
+    root = checkout()
+    settings = {"ANSIBLE_CONFIG": str(root / "ansible.cfg")} if root else {}
+    settings |= {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     env = dict(os.environ, **settings, **ONE_LINE, **(env or {}))
-    return subprocess.run(command, cwd=checkout_path(), capture_output=True, text=True, env=env)
+    return subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
 
 
 def recap(output: str, hostname: str) -> dict[str, int]:

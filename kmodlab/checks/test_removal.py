@@ -33,8 +33,9 @@ pytestmark = pytest.mark.removal
 
 
 def run_remove(request, limit: str) -> str:
-    """Run remove.yml on the hosts under test; return its output."""
-    result = run_playbook(request, "remove.yml", "--limit", limit)
+    """Run remove.yml (the collection's kmodlab.fleet.remove, which the checkout's remove.yml imports) on the hosts
+    under test; return its output."""
+    result = run_playbook(request, "kmodlab.fleet.remove", "--limit", limit)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

@@ -22,7 +22,7 @@ def safe(word: object) -> str:
     if not SAFE_WORD.fullmatch(text):
         raise LabError(
             f"refusing to pass {text[:200]!r} to Ansible: it holds characters other than letters, digits and "
-            "_ . / @ + = , : - (Ansible would template it). Give --out (and the repository) a plain path"
+            "_ . / @ + = , : - (Ansible would template it). Give --out (and kmodlab's own directory) a plain path"
         )
     return text
 

@@ -1,5 +1,6 @@
-"""One job of the grader: a submission deployed on one host (playbooks/grade.yml) and checked there (the checks'
-plugin, with --grading and --removal, the parts that loaded), its verdicts, and the host restored if it must be."""
+"""One job of the grader: a submission deployed on one host (the play kmodlab.fleet.grade) and checked there (the
+checks' plugin, with --grading and --removal, the parts that loaded), its verdicts, and the host restored if it
+must be."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from kmodlab import checks
 from kmodlab.checks.parts import WHOLE
 from kmodlab.grade.checks import BUILD, PLUGIN, junit_notes, junit_outcomes
+from kmodlab.grade.environment import PLAYBOOK
 from kmodlab.grade.guard import safe
 from kmodlab.grade.verdicts import Host, Job, Verdict, every_check, parts_to_check, trouble, verdicts
 
@@ -140,17 +142,18 @@ class Grading:
 
     def playbook(self, args: list[str], timeout: float = 3600) -> subprocess.CompletedProcess[str]:
         return self.run(
-            [self.bin / "ansible-playbook", "-i", self.inventory, self.repo / "playbooks" / "grade.yml", *args],
+            [self.bin / "ansible-playbook", "-i", self.inventory, PLAYBOOK, *args],
             timeout=timeout,
         )
 
     def run(self, command: list, timeout: float) -> subprocess.CompletedProcess[str]:
-        """COMMAND's result (exit 124 with what it printed if it ran out of TIMEOUT seconds)."""
+        """COMMAND's result (exit 124 with what it printed if it ran out of TIMEOUT seconds), run with the grader's
+        environment (kmodlab.grade.environment) from the directory kmodlab was started in: nothing reads it (the
+        settings are ANSIBLE_CONFIG's, the playbook and the checks are named in full)."""
         argv = [str(word) for word in command]
         try:
             return subprocess.run(
                 argv,
-                cwd=self.repo,
                 env=self.env,
                 capture_output=True,
                 text=True,

@@ -98,7 +98,7 @@ class Preparing:
         say(f"kernels: {', '.join(kernels)}; hosts: {', '.join(f'{h.name} ({h.kernel})' for h in self.hosts)}")
 
     def prepare_play(self, names: list[str]) -> dict[str, str]:
-        """Run the preparation (playbooks/grade.yml, grade_prepare) on NAMES; each one's kernel release."""
+        """Run the preparation (kmodlab.fleet.grade, grade_prepare) on NAMES; each one's kernel release."""
         releases_file = self.raw / "releases.json"
         releases_file.unlink(missing_ok=True)
         say(f"preparing {len(names)} host(s): build packages, kernel release")

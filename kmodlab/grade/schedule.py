@@ -6,7 +6,6 @@ lab machine starts each job from its snapshot and is left so at the end."""
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import sys
 import threading
@@ -16,13 +15,14 @@ from pathlib import Path
 from kmodlab.build import BuildRoot
 from kmodlab.checks.parts import parts
 from kmodlab.grade.checks import Catalogue
+from kmodlab.grade.environment import grading_environment
 from kmodlab.grade.guard import safe
 from kmodlab.grade.jobs import Grading
 from kmodlab.grade.prepare import Preparing
 from kmodlab.grade.rubric import Rubric
 from kmodlab.grade.verdicts import Host, Job
 from kmodlab.lab import Lab
-from kmodlab.paths import checkout_path, default_inventory
+from kmodlab.paths import default_inventory
 from kmodlab.progress import say
 
 
@@ -30,16 +30,14 @@ class Grader(Preparing, Grading):
     def __init__(self, args: argparse.Namespace, lab: Lab, rubric: Rubric | None = None):
         self.args = args
         self.lab = lab
-        self.repo = Path(safe(checkout_path()))  # the playbooks and fleet checks: a checkout's
         self.inventory = Path(args.inventory or default_inventory()).resolve()
         self.out = Path(safe(Path(args.out).resolve()))
         self.raw = self.out / "raw"
         self.parts = parts()
         self.rubric = rubric or Rubric({})
-        self.bin = Path(sys.executable).parent
-        # Ansible's and pytest's programs from this Python's environment, first: testinfra runs ansible-inventory.
-        path = os.pathsep.join([str(self.bin), os.environ.get("PATH", os.defpath)])
-        self.env = dict(os.environ, ANSIBLE_CONFIG=str(self.repo / "ansible.cfg"), ANSIBLE_NOCOLOR="1", PATH=path)
+        self.bin = Path(sys.executable).parent  # Ansible's and pytest's programs: this Python environment's
+        # The grader's own Ansible settings and the collection it read (a checkout's or the installed one).
+        self.env = grading_environment(self.bin)
         self.hosts: list[Host] = []
         self.build_roots: dict[str, BuildRoot] = {}  # kernel release -> its build root (make_build_roots)
         self.catalogue = Catalogue([], self.parts)

@@ -53,7 +53,7 @@ class Job:
     kernel: str
     verdicts: list[Verdict] = field(default_factory=list)
     seconds: float = 0.0
-    # Where the time went: deploy (playbooks/grade.yml), checks (the fleet tests, removal included).
+    # Where the time went: deploy (kmodlab.fleet.grade), checks (kmodlab.checks, removal included).
     phases: dict[str, float] = field(default_factory=dict)
 
 

@@ -8,6 +8,7 @@ written into the checkout (setuptools would leave build/ and kmodlab.egg-info/ t
 from __future__ import annotations
 
 import configparser
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -118,7 +119,24 @@ def installed(wheel, tmp_path_factory) -> Path:
     ).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(own) / "zz-test-dependencies.pth").write_text("".join(f"{path}\n" for path in sorted(ours)))
+    write_programs(venv / "bin", python)
     return venv / "bin"
+
+
+# The dependencies' programs `kmodlab grade` starts from its own environment's bin/.
+PROGRAMS = ("ansible-inventory", "ansible-playbook", "pytest")
+
+
+def write_programs(bin_dir: Path, python: Path) -> None:
+    """The programs of PROGRAMS in BIN_DIR, as pip writes a console script, run by PYTHON (the fresh venv's: it sees
+    the installed wheel, not this checkout), from the entry points of this environment's dependencies."""
+    found = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts") if e.name in PROGRAMS}
+    assert sorted(found) == sorted(PROGRAMS), found
+    for name, target in found.items():
+        module, _, function = target.partition(":")
+        script = bin_dir / name
+        script.write_text(f"#!{python}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n")
+        script.chmod(0o755)
 
 
 def outside_env(tmp_path: Path) -> dict[str, str]:
@@ -185,21 +203,88 @@ def test_installed_kmodlab_runs_outside_the_checkout(installed, tmp_path):
     assert facts["boot"] and facts["rubric"]
 
 
-def test_installed_kmodlab_says_what_needs_a_checkout(installed, tmp_path):
-    """`kmodlab grade` needs the roles, playbooks and fleet checks: a plain error, not a FileNotFoundError."""
-    (tmp_path / "class").mkdir()
+def test_installed_grader_refuses_a_fleet_that_is_not_the_labs(installed, installed_collection, tmp_path):
+    """The installed `kmodlab grade`, from a directory outside the checkout, reads the inventory with its own
+    Ansible and refuses a host that is not a lab machine with its usual message: nothing of it needs a checkout."""
+    where = tmp_path / "elsewhere"
+    (where / "class").mkdir(parents=True)
+    inventory = where / "fleet.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"prod1": {"ansible_host": "192.0.2.10"}}}}))
     graded = subprocess.run(
-        [str(installed / "kmodlab"), "grade", "class", "--out", "out"],
-        cwd=tmp_path,
-        env=outside_env(tmp_path),
+        [str(installed / "kmodlab"), "grade", "class", "--inventory", str(inventory), "--out", "out"],
+        cwd=where,
+        env=dict(outside_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=str(installed_collection)),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
     assert graded.returncode == 1, graded.stdout + graded.stderr
-    assert "kmodlab: error: this needs kmodlab's checkout" in graded.stderr
+    refused = f"kmodlab: error: prod1 (not a running machine of the lab) of {inventory} is not a running machine of lab"
+    assert refused in graded.stderr, graded.stderr
+    assert "--allow-any-inventory" in graded.stderr
+    assert "checkout" not in graded.stderr
     assert "Traceback" not in graded.stderr
-    assert not (tmp_path / "state").exists(), "nothing is written for a command that cannot run"
+    assert not (where / "out").exists(), "nothing is written for a fleet that is refused"
+
+
+def test_installed_grader_collects_the_checks_of_the_installed_package(installed, installed_collection, tmp_path):
+    """The installed grader, outside the checkout, with the installed collection: the programs it starts get its own
+    Ansible settings (package data) and that collection first, the play by its full name; it collects the checks
+    from the installed package with the plugin (pytest from its own environment) and checks the rubric against
+    them, as it does before grading (no host is contacted: --collect-only)."""
+    inventory = tmp_path / "fleet.yml"
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"debian12": {"ansible_connection": "local"}}}}))
+    script = f"""
+import argparse, json
+from kmodlab import checks
+from kmodlab.grade.environment import PLAYBOOK
+from kmodlab.grade.rubric import load_rubric
+from kmodlab.grade.schedule import Grader
+from kmodlab.grade.verdicts import Host
+from kmodlab.lab import Lab
+args = argparse.Namespace(inventory={str(inventory)!r}, out="out", check_timeout=30)
+grader = Grader(args, Lab("unit"), load_rubric(None))
+grader.raw.mkdir(parents=True)
+grader.hosts = [Host("debian12", "6.1")]
+grader.collect()
+print(json.dumps({{
+    "checks": [str(path) for path in checks.paths()], "playbook": PLAYBOOK,
+    "config": grader.env["ANSIBLE_CONFIG"], "collections": grader.env["ANSIBLE_COLLECTIONS_PATH"],
+    "parts": {{part: len(names) for part, names in grader.catalogue.items()}},
+}}))
+"""
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    found = subprocess.run(
+        [str(installed / "python"), "-c", script],
+        cwd=where,
+        env=dict(outside_env(tmp_path), ANSIBLE_COLLECTIONS_PATH=str(installed_collection)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert found.returncode == 0, found.stdout + found.stderr
+    facts = json.loads(found.stdout)
+    site = installed.parent
+    assert facts["checks"] and all(Path(path).is_relative_to(site) for path in facts["checks"]), facts["checks"]
+    assert Path(facts["config"]).is_relative_to(site) and Path(facts["config"]).name == "ansible.cfg"
+    assert facts["collections"].split(os.pathsep)[0] == str(installed_collection)
+    assert facts["playbook"] == "kmodlab.fleet.grade"
+    assert set(facts["parts"]) == {"hello", "my_timer", "syscalls", "submission"}
+    assert all(count > 1 for count in facts["parts"].values()), facts["parts"]  # each part's checks beside BUILD
+    assert not (where / "ansible.cfg").exists() and sorted(p.name for p in where.iterdir()) == ["out"]
+
+
+def test_the_graders_ansible_settings_are_the_checkouts(tmp_path):
+    """The grader's own ansible.cfg (package data) sets what the checkout's does for it (ssh, pipelining, the
+    callback, forks), and no inventory, collections or roles path: it gives those itself."""
+    grader, checkout = configparser.ConfigParser(), configparser.ConfigParser()
+    grader.read(PACKAGE / "grade" / "ansible.cfg")
+    checkout.read(REPO / "ansible.cfg")
+    settings = {(section, key): grader[section][key] for section in grader.sections() for key in grader[section]}
+    assert {("ssh_connection", "pipelining"), ("ssh_connection", "ssh_args"), ("defaults", "forks")} <= set(settings)
+    assert {place: checkout[place[0]][place[1]] for place in settings} == settings
+    assert not {"inventory", "collections_path", "roles_path"} & set(grader["defaults"])
 
 
 def test_state_home_rule():
@@ -224,7 +309,7 @@ def test_this_checkout_keeps_its_lab_and_inventory(monkeypatch):
     assert paths.state_home() == REPO / ".lab"
     assert paths.default_inventory() == REPO / "inventory" / "lab.yml"
     assert paths.program() == "python -m kmodlab"
-    assert paths.checkout_path("playbooks", "grade.yml").is_file()
+    assert paths.collection_path("playbooks", "grade.yml") == COLLECTION / "playbooks" / "grade.yml"
 
 
 def test_an_installed_package_is_no_checkout(monkeypatch, tmp_path):
@@ -234,8 +319,6 @@ def test_an_installed_package_is_no_checkout(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "PACKAGE", site / "kmodlab")
     assert paths.checkout() is None
     assert paths.program() == "kmodlab"
-    with pytest.raises(LabError, match=r"needs kmodlab's checkout \(roles/kmodlab/defaults/main.yml\)"):
-        paths.checkout_path("roles", "kmodlab", "defaults", "main.yml")
 
 
 def test_an_installed_package_finds_the_collection_where_ansible_does(monkeypatch, tmp_path):
