@@ -1,4 +1,4 @@
-"""Grading the corpus on the lab: python -m kmodlab grade, end to end, on every kernel of the fleet.
+"""Grading the corpus on the lab: kmodlab grade, end to end, on every kernel of the fleet.
 
 Runs only with --grade-class, after every other test (it takes the modules off the hosts and saves the
 lab machines' disks); needs the lab the hosts belong to (--lab). It proves what the corpus says
@@ -19,6 +19,7 @@ lab machines' disks); needs the lab the hosts belong to (--lab). It proves what 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -42,6 +43,13 @@ REFUSED = "mallory"
 # reference graded after it on the same machine passes every check.
 TAMPERS = "attack-a1-tampers-with-the-machine"
 RUNS = {"every-kernel": [TAMPERS, "reference", REFUSED], "one-kernel-each": [*ATTACKS, *FAULTY, *CORRECT]}
+# kmodlab as a user installs it (scripts/install-built.sh; scripts/test.sh sets KMODLAB_INSTALL_DIR), run from there,
+# outside the checkout (molecule's environment gives it the collection installed there); else this checkout's.
+INSTALLED = Path(os.environ["KMODLAB_INSTALL_DIR"]) if os.environ.get("KMODLAB_INSTALL_DIR") else None
+if INSTALLED is not None:
+    KMODLAB, WHERE = [str(INSTALLED / "venv" / "bin" / "kmodlab")], INSTALLED
+else:
+    KMODLAB, WHERE = [sys.executable, "-m", "kmodlab"], REPO
 
 
 @pytest.fixture(scope="session")
@@ -70,13 +78,13 @@ def grade(request, tmp_path_factory, graded_hosts, run: str) -> dict:
         else:
             make_class.variant(name, class_dir / name, alone=True)
     out = tmp_path_factory.mktemp(f"grades-{run}")
-    command = [sys.executable, "-m", "kmodlab", "--lab", request.config.getoption("lab"), "grade", str(class_dir)]
+    command = [*KMODLAB, "--lab", request.config.getoption("lab"), "grade", str(class_dir)]
     command += ["--inventory", str(request.config.getoption("ansible_inventory")), "--out", str(out)]
     command += ["--check-timeout", "30"]  # the slowest check takes seconds; a hung one should cost little
     command += ["--limit", ",".join(sorted(graded_hosts))]
     command += ["--one-kernel-each"] if run == "one-kernel-each" else []
     progress(request, f"grading the class of run {run}: {len(RUNS[run])} submissions")
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(command, cwd=WHERE, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     (out / "grader.log").write_text(result.stderr)  # its progress lines, with the time of each step
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return {"result": result, "grades": json.loads((out / "grades.json").read_text()), "out": out}
@@ -125,7 +133,7 @@ def test_each_verdict_is_the_one_the_corpus_expects(graded, graded_hosts):
 
 def test_nothing_of_an_attack_ran_on_the_controller(graded):
     """No file an attack's name, Makefile or program would have made exists on the controller."""
-    places = [REPO, REPO / "playbooks", COLLECTION / "playbooks", COLLECTION / "roles" / "kmodlab"]
+    places = [REPO, REPO / "playbooks", COLLECTION / "playbooks", COLLECTION / "roles" / "kmodlab", WHERE]
     places += [Path("/"), Path("/tmp"), Path.home()]
     places += [graded[run]["out"] for run in RUNS]
     assert [str(place / make_class.MARKER) for place in places if (place / make_class.MARKER).exists()] == []
