@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from fleet_helpers import COLLECTION, REPO, hosts_under_test, progress
 
+from kmodlab import paths
+
 sys.path.insert(0, str(REPO / "tests" / "corpus"))
 import make_class  # noqa: E402
 import verdicts  # noqa: E402
@@ -50,6 +52,21 @@ if INSTALLED is not None:
     KMODLAB, WHERE = [str(INSTALLED / "venv" / "bin" / "kmodlab")], INSTALLED
 else:
     KMODLAB, WHERE = [sys.executable, "-m", "kmodlab"], REPO
+
+
+def grader_env() -> dict[str, str]:
+    """The grader's environment: this one; for the installed grader, less every Ansible or Python setting that names
+    the checkout (molecule's ANSIBLE_ROLES_PATH: it must need nothing of it), and with KMODLAB_HOME the state
+    directory of the lab the hosts belong to (this checkout's .lab/, where molecule's create.yml started it: the
+    installed package's own default is the user's state directory)."""
+    if INSTALLED is None:
+        return dict(os.environ)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not ((key.startswith("ANSIBLE_") or key == "PYTHONPATH") and str(REPO) in value)
+    }
+    return dict(env, KMODLAB_HOME=str(paths.state_home()))
 
 
 @pytest.fixture(scope="session")
@@ -79,12 +96,14 @@ def grade(request, tmp_path_factory, graded_hosts, run: str) -> dict:
             make_class.variant(name, class_dir / name, alone=True)
     out = tmp_path_factory.mktemp(f"grades-{run}")
     command = [*KMODLAB, "--lab", request.config.getoption("lab"), "grade", str(class_dir)]
-    command += ["--inventory", str(request.config.getoption("ansible_inventory")), "--out", str(out)]
+    inventory = Path(request.config.getoption("ansible_inventory")).resolve()  # the grader runs elsewhere (WHERE)
+    command += ["--inventory", str(inventory), "--out", str(out)]
     command += ["--check-timeout", "30"]  # the slowest check takes seconds; a hung one should cost little
     command += ["--limit", ",".join(sorted(graded_hosts))]
     command += ["--one-kernel-each"] if run == "one-kernel-each" else []
     progress(request, f"grading the class of run {run}: {len(RUNS[run])} submissions")
-    result = subprocess.run(command, cwd=WHERE, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    env = grader_env()
+    result = subprocess.run(command, cwd=WHERE, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     (out / "grader.log").write_text(result.stderr)  # its progress lines, with the time of each step
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return {"result": result, "grades": json.loads((out / "grades.json").read_text()), "out": out}
