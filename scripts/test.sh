@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's tests, from a fresh clone: set-up, linters, unit and controller
 # tests, the lab's integration tests, then `molecule test` (Debian 12 + 13 VMs:
-# deploy.yml, idempotence, fleet tests including remove.yml and its checks). The lab's integration tests
-# and molecule use kmodlab as installed outside the checkout (KMODLAB_INSTALL_DIR).
+# deploy.yml, idempotence, fleet tests including remove.yml and its checks, and the grading of a class). The
+# lab's integration tests, molecule and the grading use kmodlab as installed outside the checkout
+# (KMODLAB_INSTALL_DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,7 +13,10 @@ export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0
 step() { printf '\n==> [%s, %d s in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 # The product as a user installs it, outside the checkout (scripts/install-built.sh): the lab's integration
-# test runs its `kmodlab up` and ansible-playbook, molecule converges and verifies with its collection. Built and installed in the background, while the linters run.
+# test runs its `kmodlab up` and ansible-playbook, molecule converges and verifies with its collection, and the
+# class is graded by its `kmodlab grade`, started outside the checkout (its play kmodlab.fleet.grade from the
+# installed collection, its checks and Ansible settings from the installed package). Built and installed in the
+# background, while the linters run.
 export KMODLAB_INSTALL_DIR=${KMODLAB_INSTALL_DIR:-/tmp/kmodlab-installed}
 install_log=$(mktemp)
 scripts/install-built.sh >"$install_log" 2>&1 &
