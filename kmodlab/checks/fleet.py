@@ -178,7 +178,7 @@ def run_playbook(request, playbook: str, *args: str, env: dict | None = None) ->
     root = checkout()
     settings = {"ANSIBLE_CONFIG": str(root / "ansible.cfg")} if root else {}
     settings |= {"ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
-    env = dict(os.environ, **settings, **ONE_LINE, **(env or {}))
+    env = {**os.environ, **settings, **ONE_LINE, **(env or {})}  # ENV wins, JSON_RESULTS too
     return subprocess.run(command, cwd=root, capture_output=True, text=True, env=env)
 
 

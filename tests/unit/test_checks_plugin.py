@@ -192,3 +192,19 @@ def test_the_host_programs_reach_the_host_whole_through_ansible(tmp_path, invent
     assert read.rc == 0, read.stderr
     clocks, _, text = read.stdout.partition("\n")
     assert len(clocks.split()) == 3 and text == entry.read_text()
+
+
+def test_run_playbook_takes_more_environment_over_its_own(monkeypatch):
+    """The fleet tests give run_playbook JSON_RESULTS, which names a setting run_playbook sets itself (results in
+    JSON): the caller's value wins, and the call is made (a merge by keywords raised TypeError here)."""
+    from kmodlab.checks import fleet as checks_fleet
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: calls.append((command, kwargs)))
+    request = argparse.Namespace(config=argparse.Namespace(getoption=lambda name: "/tmp/inventory.yml"))
+    more = {"ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_CALLBACK_FORMAT_PRETTY": "false", "X_KMODLAB": "1"}
+    checks_fleet.run_playbook(request, "deploy.yml", "-v", env=more)
+    [(command, kwargs)] = calls
+    assert command[1:] == ["deploy.yml", "-v", "-i", "/tmp/inventory.yml"]
+    assert {name: kwargs["env"][name] for name in more} == more
+    assert kwargs["env"]["ANSIBLE_NOCOLOR"] == "1"

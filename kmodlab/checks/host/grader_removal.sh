@@ -28,4 +28,4 @@ while [ $# -gt 0 ] && [ "$1" != -- ]; do
     fi
 done
 [ "$1" = -- ] && shift
-rm -rf "$out" "$@"
+rm -rf -- "$out" "$@"
